@@ -1,0 +1,1 @@
+"""Loading transforms, datalists, label-fraction splits and the synthetic demo generator."""

@@ -1,0 +1,92 @@
+"""MONAI datalists with a validation split from training images only and nested label-fraction subsets."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = ["DEFAULT_FRACTIONS", "pretraining_items", "natural_key", "label_fraction_counts", "nested_label_subsets", "write_json_atomic",
+           "labelled_subset"]
+
+DEFAULT_FRACTIONS = (0.05, 0.1, 0.25, 0.5, 1.0)
+
+
+def natural_key(name: str) -> list:
+    """Sort key that orders ``train_2`` before ``train_10``."""
+    return [int(tok) if tok.isdigit() else tok for tok in re.split(r"(\d+)", os.path.basename(name))]
+
+
+def label_fraction_counts(num_total: int, num_pool: int, fractions: Sequence[float]) -> dict[str, int]:
+    """Images per fraction: ``max(1, int(f * num_total))`` capped at the labelled pool.
+
+    ``num_total`` is the size of the whole training set, so GlaS 10% = int(0.1 * 85) = 8 and MoNuSeg 10% = 3
+    (the paper's counts) even after a validation split has left ``num_pool`` images to label.
+    """
+    return {f"{f:g}": min(num_pool, max(1, int(f * num_total + 1e-9))) for f in fractions}
+
+
+def nested_label_subsets(pool: Sequence[str], num_total: int, fractions: Sequence[float] = DEFAULT_FRACTIONS,
+                         rule: str = "first", seed: int = 0) -> dict[str, list[str]]:
+    """Nested subsets of ``pool`` (sorted names) per fraction.
+
+    ``rule="first"``: the first N in natural order (the paper's rule). ``rule="random"``: prefixes of one seeded
+    permutation. Either way a smaller fraction is a subset of every larger one.
+    """
+    ordered = sorted(pool, key=natural_key)
+    if rule == "random":
+        perm = np.random.default_rng(seed).permutation(len(ordered))
+        ordered = [ordered[i] for i in perm]
+    elif rule != "first":
+        raise ValueError(f"unknown label-fraction rule {rule!r}; use 'first' or 'random'")
+    counts = label_fraction_counts(num_total, len(ordered), fractions)
+    return {key: ordered[:n] for key, n in counts.items()}
+
+
+def labelled_subset(datalist: dict, fraction: float | str) -> list[dict]:
+    """The ``training`` items whose ids are in ``label_fractions[fraction]`` (in datalist order)."""
+    key = f"{float(fraction):g}"
+    subsets = datalist.get("label_fractions", {})
+    if key not in subsets:
+        raise KeyError(f"label fraction {key} not in datalist; available: {sorted(subsets)}")
+    wanted = set(subsets[key])
+    return [item for item in datalist["training"] if item["id"] in wanted]
+
+
+def write_json_atomic(obj, path: str | os.PathLike) -> None:
+    """Write JSON to ``path`` through a temporary file in the same folder and ``os.replace``."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=".json")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def pretraining_items(datalist: dict, include_test: bool = False) -> list[dict]:
+    """Unlabelled images for self-supervised pretraining: every training and validation image (labels dropped).
+
+    Test images are added only when ``include_test`` is True (the reference code's transductive setting); that
+    is logged as a warning, since the test score is then no longer a clean held-out estimate.
+    """
+    import logging
+
+    splits = ["training", "validation"] + (["test"] if include_test else [])
+    items = [{"id": d["id"], "image": d["image"]} for s in splits for d in datalist.get(s, [])]
+    if include_test:
+        logging.getLogger(__name__).warning(
+            "pretrain_include_test=True: %d TEST images are in the pretraining set (transductive, as the reference "
+            "code does); test scores are not held-out estimates", len(datalist.get("test", [])))
+    if not items:
+        raise ValueError("no images for pretraining: the datalist has no training or validation items")
+    return items

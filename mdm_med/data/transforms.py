@@ -1,0 +1,124 @@
+"""MONAI dict transforms for histology: checked loading of RGB images and binary masks."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Hashable, Mapping, Sequence
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import LoadImage, MapTransform
+
+__all__ = ["LoadHistologyd", "check_items", "check_histology_files", "check_datalist_files"]
+
+
+def _name(x) -> str:
+    return str(x.meta.get("filename_or_obj", "<array>")) if isinstance(x, MetaTensor) else "<array>"
+
+
+class LoadHistologyd(MapTransform):
+    """Load an RGB histology image and, optionally, its mask, with MONAI's PIL reader and strict checks.
+
+    Output (MONAI's 2-D convention, spatial axes (W, H) as ``PILReader`` gives them):
+    ``image_key`` -> float32 MetaTensor (3, W, H) in [0, 255] (an alpha channel is dropped);
+    ``label_key`` -> float32 MetaTensor (1, W, H) with values {0, 1} (instance ids and 255 binarised by > 0).
+
+    Raises ``ValueError`` naming the file for unreadable/corrupt files, a wrong channel count, NaNs, and an
+    image/mask size mismatch (naming both files).
+    """
+
+    def __init__(self, keys: KeysCollection = ("image", "label"), image_key: str = "image",
+                 label_key: str | None = "label", allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.image_key, self.label_key = image_key, label_key
+        self.loader = LoadImage(reader="PILReader", image_only=True, ensure_channel_first=True, dtype=np.float32)
+
+    def _load(self, path) -> MetaTensor:
+        try:
+            return self.loader(path)
+        except Exception as err:  # noqa: BLE001 - re-raised with the file name
+            raise ValueError(f"cannot read image file {path}: {err}") from err
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            if isinstance(d[key], (str, bytes)) or hasattr(d[key], "__fspath__"):
+                d[key] = self._load(d[key])
+            x = d[key]
+            if torch.isnan(torch.as_tensor(x)).any():
+                raise ValueError(f"{_name(x)}: contains NaN values")
+            if key == self.label_key:
+                if x.shape[0] > 1:
+                    if not bool((x == x[:1]).all()):
+                        raise ValueError(f"{_name(x)}: mask has {x.shape[0]} different channels, expected one")
+                    x = x[:1]
+                d[key] = (x > 0).to(torch.float32)
+            else:
+                if x.shape[0] == 4:
+                    x = x[:3]
+                if x.shape[0] != 3:
+                    raise ValueError(f"{_name(x)}: image has {x.shape[0]} channel(s), expected RGB (3)")
+                d[key] = x
+        if self.label_key in d and self.image_key in d and not isinstance(d[self.label_key], (str, bytes)):
+            img, lab = d[self.image_key], d[self.label_key]
+            if tuple(img.shape[1:]) != tuple(lab.shape[1:]):
+                raise ValueError(f"image/mask size mismatch: {_name(img)} is {tuple(img.shape[1:])} but "
+                                 f"{_name(lab)} is {tuple(lab.shape[1:])}")
+        return d
+
+
+def check_items(items: Sequence[dict], keys: Sequence[str] = ("image", "label"), what: str = "dataset") -> None:
+    """Fail early, listing every missing file, before any compute is spent."""
+    if not items:
+        raise ValueError(f"{what} is empty")
+    missing = [f"{item[k]}" for item in items for k in keys if k in item and not _exists(item[k])]
+    if missing:
+        raise FileNotFoundError(f"{what}: {len(missing)} file(s) missing:\n  " + "\n  ".join(missing))
+
+
+def _exists(path) -> bool:
+    return os.path.exists(path)
+
+
+def check_histology_files(items: Sequence[dict], what: str = "dataset", image_key: str = "image",
+                          label_key: str = "label") -> int:
+    """Open every image (and mask) header before any compute: missing or corrupt files, non-RGB images and
+    image/mask size mismatches are reported together in one ``ValueError``. Returns the number of items."""
+    from PIL import Image
+
+    if not items:
+        raise ValueError(f"{what} is empty")
+    problems = []
+    for item in items:
+        sizes = {}
+        for key in (image_key, label_key):
+            if key not in item:
+                continue
+            path = item[key]
+            try:
+                with Image.open(path) as im:
+                    im.verify()
+                with Image.open(path) as im:
+                    sizes[key] = im.size
+                    if key == image_key and im.mode not in ("RGB", "RGBA"):
+                        problems.append(f"{path}: image mode {im.mode}, expected RGB")
+            except FileNotFoundError:
+                problems.append(f"{path}: file not found")
+            except Exception as err:  # noqa: BLE001 - collected with the file name
+                problems.append(f"{path}: cannot read ({err})")
+        if len(sizes) == 2 and sizes[image_key] != sizes[label_key]:
+            problems.append(f"{item[image_key]} is {sizes[image_key]} but its mask {item[label_key]} is "
+                            f"{sizes[label_key]} (width x height)")
+    if problems:
+        raise ValueError(f"{what}: {len(problems)} problem(s):\n  " + "\n  ".join(problems))
+    return len(items)
+
+
+def check_datalist_files(datalist: dict, splits: Sequence[str] = ("training", "validation", "test")) -> dict:
+    """``check_histology_files`` over every split of a datalist that has items; returns the datalist."""
+    for split in splits:
+        if datalist.get(split):
+            check_histology_files(datalist[split], what=f"{datalist.get('name', 'datalist')} {split}")
+    return datalist

@@ -1,0 +1,62 @@
+"""Pieces injected into MONAI's engines: the corrupting ``prepare_batch`` for pretraining, and the pretrained
+checkpoint bookkeeping. The training loops themselves are MONAI's ``SupervisedTrainer`` / ``SupervisedEvaluator``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+
+import torch
+from monai.engines import PrepareBatch
+
+__all__ = ["MaskedPrepareBatch", "pretrained_ready"]
+
+logger = logging.getLogger(__name__)
+
+
+class MaskedPrepareBatch(PrepareBatch):
+    """Sample t per sample and corrupt the clean batch with ``corruption.add_noise``.
+
+    Returns ``(xt, x0, (t,), {})`` so that ``SupervisedTrainer`` calls ``network(xt, t)`` and scores the prediction
+    against the clean image ``x0`` (B, C, *S). ``engine.state.output`` then holds the masked input as ``image``,
+    the clean image as ``label`` and the reconstruction as ``pred``.
+    """
+
+    def __init__(self, corruption, image_key: str = "image", seed: int | None = 0):
+        self.corruption, self.image_key, self.seed = corruption, image_key, seed
+        self._generator: torch.Generator | None = None
+
+    def _gen(self, device) -> torch.Generator | None:
+        if self.seed is None:
+            return None
+        device = torch.device(device)
+        if self._generator is None or self._generator.device != device:
+            self._generator = torch.Generator(device=device).manual_seed(self.seed)
+        return self._generator
+
+    def __call__(self, batchdata, device=None, non_blocking: bool = False, **kwargs):
+        x0 = batchdata[self.image_key] if isinstance(batchdata, Mapping) else batchdata
+        x0 = torch.as_tensor(x0).to(device=device, non_blocking=non_blocking, **kwargs)
+        gen = self._gen(x0.device)
+        t = self.corruption.sample_timesteps(x0.shape[0], device=x0.device, generator=gen)
+        xt = self.corruption.add_noise(x0, t, generator=gen)
+        return xt, x0, (t,), {}
+
+
+def pretrained_ready(path: str, expected_meta: Mapping | None = None) -> bool:
+    """True when a finished pretrained checkpoint exists at ``path`` (so pretraining is skipped).
+
+    When ``expected_meta`` is given, every listed entry must match the checkpoint's ``meta`` (e.g. the data
+    source and network preset); a mismatch raises instead of silently reusing weights from other data.
+    """
+    if not path or not os.path.isfile(path):
+        return False
+    meta = torch.load(path, map_location="cpu", weights_only=False).get("meta", {})
+    diff = {k: (meta.get(k), v) for k, v in (expected_meta or {}).items() if meta.get(k) != v}
+    if diff:
+        raise ValueError(f"pretrained checkpoint {path} does not match this run (checkpoint vs run): {diff}; "
+                         "delete it, or point pretrained_checkpoint elsewhere")
+    logger.info("pretrained checkpoint %s exists: skipping pretraining", path)
+    return True

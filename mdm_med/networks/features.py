@@ -1,0 +1,149 @@
+"""Frozen decoder features of a pretrained ``TimestepUNet`` and the MDM pixel-MLP head.
+
+The paper upsamples every tap to the crop size, concatenates them (D channels), divides the whole D x H x W
+tensor by its Frobenius norm, and applies a per-pixel MLP. The first Linear layer commutes with bilinear
+upsampling, so ``PixelMLPHead`` applies it per tap at native resolution and sums after upsampling, and
+``feature_norm`` gets the norm of the upsampled concatenation from native-resolution Gram products: the
+same numbers without ever materialising the (B, D, H, W) tensor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mdm_med.corruption import PatchMasking
+from mdm_med.networks.unet import TimestepUNet
+
+__all__ = ["DecoderFeatures", "PixelMLPHead", "FrozenFeatureSegmenter", "feature_norm", "upsample"]
+
+
+def upsample(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """(B, C, *s) -> (B, C, *size), bilinear / trilinear, align_corners=False (as the reference)."""
+    mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[x.ndim - 2]
+    if tuple(x.shape[2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=tuple(size), mode=mode, align_corners=False)
+
+
+def _interp_gram(n_in: int, n_out: int, device, dtype) -> torch.Tensor:
+    """(n_in, n_in) Gram matrix A^T A of the 1-D linear interpolation matrix A (n_out x n_in)."""
+    eye = torch.eye(n_in, device=device, dtype=torch.float64)[None]  # (1, n_in channels, n_in length)
+    a = F.interpolate(eye, size=n_out, mode="linear", align_corners=False)[0].T  # (n_out, n_in)
+    return (a.T @ a).to(dtype)
+
+
+def feature_norm(features: Sequence[torch.Tensor], size: Sequence[int]) -> torch.Tensor:
+    """(B,) Frobenius norm of ``cat([upsample(f, size) for f in features], 1)`` per sample, without building it.
+
+    Uses ||A_1 f A_2^T||^2 = <f, G_1 f G_2> with G = A^T A per spatial axis (separable interpolation).
+    """
+    total = None
+    for f in features:
+        g = f.float()
+        for axis, (n_in, n_out) in enumerate(zip(f.shape[2:], size)):
+            gram = _interp_gram(n_in, n_out, f.device, torch.float32)
+            g = torch.movedim(torch.tensordot(g, gram, dims=([axis + 2], [1])), -1, axis + 2)
+        sq = (g * f.float()).flatten(1).sum(1)
+        total = sq if total is None else total + sq
+    return total.clamp_min(1e-12).sqrt()
+
+
+class DecoderFeatures(nn.Module):
+    """Frozen feature extractor (taps default to ``unet.default_taps``): mask ``x`` at timestep ``t`` with a seeded (deterministic) mask, run the U-Net,
+    return the named decoder taps at their native resolution.
+
+    ``forward(x (B, C, *S)) -> list of (B, C_i, *S_i)``; ``materialize(x) -> (B, D, *S)`` is the paper's
+    upsampled, concatenated, norm-divided tensor (for checks and the memory benchmark).
+    """
+
+    def __init__(self, unet: TimestepUNet, taps: Sequence[str] | None = None, timestep: int = 50,
+                 patch_size: int | Sequence[int] = 8, mask_seed: int = 0, num_train_timesteps: int = 1000):
+        super().__init__()
+        self.unet = unet.eval()
+        for p in self.unet.parameters():
+            p.requires_grad_(False)
+        self.taps = tuple(taps or unet.default_taps)
+        self.timestep = int(timestep)
+        self.mask_seed = int(mask_seed)
+        self.masking = PatchMasking(patch_size, num_train_timesteps=num_train_timesteps)
+
+    @property
+    def channels(self) -> list[int]:
+        return [self.unet.tap_channels[t] for t in self.taps]
+
+    def train(self, mode: bool = True):
+        return super().train(False)  # always frozen: BatchNorm-free, but dropout must stay off
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        t = torch.full((x.shape[0],), self.timestep, dtype=torch.long, device=x.device)
+        gen = torch.Generator(device=x.device).manual_seed(self.mask_seed)
+        xt = self.masking.add_noise(x, t, generator=gen) if self.timestep > 0 else x
+        out = self.unet(xt, t, taps=self.taps)
+        return [out[name] for name in self.taps]
+
+    @torch.no_grad()
+    def materialize(self, x: torch.Tensor) -> torch.Tensor:
+        feats = self(x)
+        cat = torch.cat([upsample(f, x.shape[2:]) for f in feats], dim=1)
+        return cat / cat.flatten(1).norm(dim=1).view(-1, *([1] * (cat.ndim - 1)))
+
+
+class PixelMLPHead(nn.Module):
+    """MDM's per-pixel MLP: Linear(D, h1)-ReLU-BN-Linear(h1, h2)-ReLU-BN-Linear(h2, C), as 1x1 convolutions.
+
+    ``forward(features, size)``: features = list of (B, C_i, *S_i) taps -> logits (B, num_classes, *size); the
+    first layer runs per tap at native resolution. ``forward_materialized(cat)`` takes the (B, D, *size)
+    normalised concatenation instead and gives the same logits.
+    Weights ~ N(0, 0.02), biases 0. Hidden sizes (128, 32), or (256, 128) for 30+ classes.
+    """
+
+    def __init__(self, in_channels: Sequence[int], num_classes: int, spatial_dims: int = 2,
+                 hidden: Sequence[int] | None = None):
+        super().__init__()
+        self.in_channels = list(in_channels)
+        h1, h2 = hidden or ((256, 128) if num_classes >= 30 else (128, 32))
+        conv = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[spatial_dims - 1]
+        bn = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)[spatial_dims - 1]
+        self.first = nn.ModuleList(conv(c, h1, 1, bias=False) for c in self.in_channels)
+        self.first_bias = nn.Parameter(torch.zeros(h1))
+        self.rest = nn.Sequential(nn.ReLU(), bn(h1), conv(h1, h2, 1), nn.ReLU(), bn(h2), conv(h2, num_classes, 1))
+        for m in self.modules():
+            if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+                nn.init.normal_(m.weight, 0.0, 0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def _bias(self, z: torch.Tensor) -> torch.Tensor:
+        return self.first_bias.view(1, -1, *([1] * (z.ndim - 2)))
+
+    def forward(self, features: Sequence[torch.Tensor], size: Sequence[int]) -> torch.Tensor:
+        norm = feature_norm(features, size)
+        z = None
+        for f, layer in zip(features, self.first):
+            zi = upsample(layer(f), size)
+            z = zi if z is None else z + zi
+        z = z / norm.view(-1, *([1] * (z.ndim - 1))) + self._bias(z)
+        return self.rest(z)
+
+    def forward_materialized(self, cat: torch.Tensor) -> torch.Tensor:
+        """cat: (B, D, *size) normalised concatenation -> (B, num_classes, *size); the reference's memory path."""
+        weight = torch.cat([layer.weight for layer in self.first], dim=1)
+        conv = (F.conv1d, F.conv2d, F.conv3d)[cat.ndim - 3]
+        return self.rest(conv(cat, weight, self.first_bias))
+
+
+class FrozenFeatureSegmenter(nn.Module):
+    """Frozen MDM features + trainable pixel head: ``forward(x (B, C, *S)) -> logits (B, num_classes, *S)``."""
+
+    def __init__(self, features: DecoderFeatures, num_classes: int = 2, hidden: Sequence[int] | None = None):
+        super().__init__()
+        self.features = features
+        self.head = PixelMLPHead(features.channels, num_classes, features.unet.spatial_dims, hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x), x.shape[2:])

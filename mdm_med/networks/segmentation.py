@@ -1,0 +1,95 @@
+"""End-to-end segmentation U-Net fine-tuned from MDM-pretrained weights (or trained from scratch)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from mdm_med.networks.unet import build_unet
+
+__all__ = ["SegmentationUNet", "load_state_dict_file", "pretrained_unet", "build_segmenter"]
+
+logger = logging.getLogger(__name__)
+
+
+def load_state_dict_file(path: str | os.PathLike, key: str | None = None) -> dict[str, torch.Tensor]:
+    """A state dict from a ``.pt`` file: a plain state dict, or ``obj[key]`` of a checkpoint dict."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"pretrained checkpoint not found: {path}")
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    if key is not None:
+        if key not in obj:
+            raise KeyError(f"{path} has no entry {key!r}; entries: {sorted(obj)}")
+        obj = obj[key]
+    return obj
+
+
+class SegmentationUNet(nn.Module):
+    """The pretraining U-Net with a new ``num_classes`` output layer, run at t = 0 (no masking).
+
+    ``forward(x (B, in_ch, *S)) -> logits (B, num_classes, *S)``. ``pretrained``: a state dict file of the
+    pretraining U-Net; every weight but the output layer is copied (shapes must match, else an error).
+    """
+
+    def __init__(self, preset: str = "cpu", spatial_dims: int = 2, in_channels: int = 3, num_classes: int = 2,
+                 pretrained: str | None = None, pretrained_key: str | None = None, **overrides):
+        super().__init__()
+        self.unet = build_unet(preset, spatial_dims, in_channels, num_classes, **overrides)
+        out_conv = self.unet.out[-1]
+        out_conv.reset_parameters()  # the pretraining net zero-initialises it; a classifier should not
+        if pretrained:
+            self.load_pretrained(load_state_dict_file(pretrained, pretrained_key))
+            logger.info("SegmentationUNet: loaded pretrained weights from %s", pretrained)
+
+    def load_pretrained(self, state: dict[str, torch.Tensor]) -> None:
+        own = self.unet.state_dict()
+        head = {k for k in own if k.startswith("out.2.")}
+        missing = [k for k in own if k not in head and k not in state]
+        bad = [k for k in own if k not in head and k in state and state[k].shape != own[k].shape]
+        if missing or bad:
+            raise ValueError(f"pretrained weights do not fit this U-Net: missing {missing[:5]}, shape mismatch {bad[:5]}")
+        self.unet.load_state_dict({k: (own[k] if k in head else state[k]) for k in own})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.unet(x, None)
+
+
+def pretrained_unet(path: str | None, preset: str = "cpu", spatial_dims: int = 2, in_channels: int = 3,
+                    **overrides):
+    """The pretraining ``TimestepUNet`` (out = in channels) with weights from an exported checkpoint (or random
+    weights when ``path`` is None: the random-features baseline)."""
+    unet = build_unet(preset, spatial_dims, in_channels, in_channels, **overrides)
+    if path:
+        unet.load_state_dict(load_state_dict_file(path, "state_dict"))
+        logger.info("loaded pretrained U-Net from %s", path)
+    return unet
+
+
+def build_segmenter(mode: str = "finetune", preset: str = "cpu", spatial_dims: int = 2, in_channels: int = 3,
+                    num_classes: int = 2, pretrained: str | None = None, timestep: int = 50,
+                    taps: Sequence[str] | None = None, patch_size: int | Sequence[int] = 8, mask_seed: int = 0,
+                    **overrides) -> nn.Module:
+    """One factory for every segmentation arm: ``forward(x (B, in_ch, *S)) -> logits (B, num_classes, *S)``.
+
+    - ``finetune``: ``SegmentationUNet`` initialised from ``pretrained`` (required).
+    - ``scratch``: the same U-Net, random initialisation (``pretrained`` must be None: no silent mix-ups).
+    - ``head``: frozen ``pretrained`` U-Net features at ``timestep`` + trainable pixel-MLP head
+      (``pretrained=None`` gives the random-features baseline or a shell to load a saved model into).
+    """
+    from mdm_med.networks.features import DecoderFeatures, FrozenFeatureSegmenter
+
+    if mode == "finetune":
+        return SegmentationUNet(preset, spatial_dims, in_channels, num_classes, pretrained, "state_dict", **overrides)
+    if mode == "scratch":
+        if pretrained:
+            raise ValueError("mode 'scratch' takes no pretrained checkpoint; use mode 'finetune'")
+        return SegmentationUNet(preset, spatial_dims, in_channels, num_classes, None, **overrides)
+    if mode == "head":
+        unet = pretrained_unet(pretrained, preset, spatial_dims, in_channels, **overrides)
+        features = DecoderFeatures(unet, taps, timestep, patch_size, mask_seed)
+        return FrozenFeatureSegmenter(features, num_classes)
+    raise ValueError(f"unknown segmentation mode {mode!r}; use 'finetune', 'scratch' or 'head'")

@@ -1,0 +1,132 @@
+"""Small run utilities: locating a bundle, atomic saves, recording the resolved run configuration."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from mdm_med.data.datalist import write_json_atomic
+
+__all__ = ["locate_bundle", "save_atomic", "copy_atomic", "write_run_record", "seed_everything", "publish_model",
+           "model_setting"]
+
+logger = logging.getLogger(__name__)
+
+
+def locate_bundle(name: str) -> str:
+    """The bundle's root folder, seen from the current directory: ``bundles/<name>`` from the repo root, or
+    ``.`` when run inside the bundle folder (zoo layout with ``configs/``)."""
+    for candidate in (Path("bundles") / name, Path(".")):
+        if (candidate / "configs" / "metadata.json").is_file():
+            return str(candidate)
+    raise FileNotFoundError(f"cannot find bundle {name!r} from {os.getcwd()}; pass --bundle_root /path/to/{name}")
+
+
+def save_atomic(obj, path: str | os.PathLike) -> None:
+    """``torch.save`` through a temporary file in the same folder, then ``os.replace``."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=".pt")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def copy_atomic(src: str | os.PathLike, dst: str | os.PathLike) -> str:
+    """Copy ``src`` to ``dst`` atomically; returns ``dst``."""
+    if not os.path.isfile(src):
+        raise FileNotFoundError(f"cannot publish {src}: file does not exist")
+    folder = os.path.dirname(os.path.abspath(dst))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_")
+    os.close(fd)
+    shutil.copyfile(src, tmp)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, dst)
+    logger.info("published %s -> %s", src, dst)
+    return str(dst)
+
+
+def seed_everything(seed: int, deterministic: bool = True) -> int:
+    """Seed Python, NumPy and torch (MONAI's ``set_determinism``)."""
+    from monai.utils import set_determinism
+
+    set_determinism(seed=seed, use_deterministic_algorithms=None)
+    if deterministic:
+        torch.backends.cudnn.benchmark = False
+    return seed
+
+
+def write_run_record(output_dir: str | os.PathLike, settings: dict, name: str = "run_config.json") -> str:
+    """Write the resolved settings, the command line, the config files it named and versions to
+    ``output_dir/name`` (atomically) and copy the config files beside it."""
+    import monai
+
+    os.makedirs(output_dir, exist_ok=True)
+    files = []
+    argv = list(sys.argv)
+    for i, arg in enumerate(argv):
+        if arg == "--config_file" and i + 1 < len(argv):
+            spec = argv[i + 1]
+            names = json.loads(spec.replace("'", '"')) if spec.startswith("[") else [spec]
+            for f in names:
+                if os.path.isfile(f):
+                    dst = os.path.join(output_dir, "configs_used", os.path.basename(f))
+                    copy_atomic(f, dst)
+                    files.append(f)
+    record = {
+        "settings": _jsonable(settings),
+        "argv": argv,
+        "cwd": os.getcwd(),
+        "config_files": files,
+        "versions": {"python": platform.python_version(), "torch": torch.__version__, "monai": monai.__version__},
+        "host": platform.node(),
+    }
+    path = os.path.join(output_dir, name)
+    write_json_atomic(record, path)
+    logger.info("run configuration written to %s", path)
+    return path
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    return str(obj)
+
+
+MODEL_SETTINGS = "model_settings.json"
+
+
+def publish_model(ckpt_path: str, models_dir: str, settings: dict) -> str:
+    """Copy the trained model to ``models_dir/model.pt`` with the settings inference needs to rebuild it
+    (``model_settings.json``: preset, mode, scale, crop ...); both atomically."""
+    dst = copy_atomic(ckpt_path, os.path.join(models_dir, "model.pt"))
+    write_json_atomic(_jsonable(settings), os.path.join(models_dir, MODEL_SETTINGS))
+    return dst
+
+
+def model_setting(models_dir: str, key: str, default):
+    """One entry of ``models_dir/model_settings.json`` (written by ``publish_model``), or ``default``."""
+    path = os.path.join(models_dir, MODEL_SETTINGS)
+    if not os.path.isfile(path):
+        return default
+    with open(path) as f:
+        return json.load(f).get(key, default)
