@@ -94,7 +94,20 @@ class PatchMasking(_PatchMaskingBase):
         patch_size: p (int) or one size per spatial dim; 8 at 256 x 256 in the paper.
         mask_value: value of masked pixels in [-1, 1] intensity space (0 = mid-grey).
         num_train_timesteps: T (1000).
+        fixed_timestep: when set, ``sample_timesteps`` always returns it (the paper's fixed-t ablation).
     """
+
+    def __init__(self, patch_size: int | Sequence[int] = 8, mask_value: float = 0.0, num_train_timesteps: int = 1000,
+                 fixed_timestep: int | None = None):
+        super().__init__(patch_size, mask_value, num_train_timesteps)
+        if fixed_timestep is not None and not 0 <= fixed_timestep < self.num_train_timesteps:
+            raise ValueError(f"fixed_timestep must lie in [0, {self.num_train_timesteps - 1}]")
+        self.fixed_timestep = fixed_timestep
+
+    def sample_timesteps(self, batch_size, device="cpu", generator=None):
+        if self.fixed_timestep is None:
+            return super().sample_timesteps(batch_size, device, generator)
+        return torch.full((batch_size,), self.fixed_timestep, dtype=torch.long, device=device)
 
     def num_keep(self, timesteps: torch.Tensor, num_patches: int) -> torch.Tensor:
         if (timesteps < 0).any() or (timesteps >= self.num_train_timesteps).any():

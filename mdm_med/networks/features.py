@@ -53,15 +53,17 @@ def feature_norm(features: Sequence[torch.Tensor], size: Sequence[int]) -> torch
 
 
 class DecoderFeatures(nn.Module):
-    """Frozen feature extractor (taps default to ``unet.default_taps``): mask ``x`` at timestep ``t`` with a seeded (deterministic) mask, run the U-Net,
-    return the named decoder taps at their native resolution.
+    """Frozen feature extractor (taps default to ``unet.default_taps``): corrupt ``x`` at timestep ``t`` with a
+    seeded (deterministic) mask (or ``corruption``'s noise), run the U-Net, return the named decoder taps at their
+    native resolution.
 
     ``forward(x (B, C, *S)) -> list of (B, C_i, *S_i)``; ``materialize(x) -> (B, D, *S)`` is the paper's
     upsampled, concatenated, norm-divided tensor (for checks and the memory benchmark).
     """
 
     def __init__(self, unet: TimestepUNet, taps: Sequence[str] | None = None, timestep: int = 50,
-                 patch_size: int | Sequence[int] = 8, mask_seed: int = 0, num_train_timesteps: int = 1000):
+                 patch_size: int | Sequence[int] = 8, mask_seed: int = 0, num_train_timesteps: int = 1000,
+                 corruption=None):
         super().__init__()
         self.unet = unet.eval()
         for p in self.unet.parameters():
@@ -69,7 +71,8 @@ class DecoderFeatures(nn.Module):
         self.taps = tuple(taps or unet.default_taps)
         self.timestep = int(timestep)
         self.mask_seed = int(mask_seed)
-        self.masking = PatchMasking(patch_size, num_train_timesteps=num_train_timesteps)
+        # the forward process applied before feature extraction (MDM masking by default; DDPM noise for DDPM)
+        self.corruption = corruption or PatchMasking(patch_size, num_train_timesteps=num_train_timesteps)
 
     @property
     def channels(self) -> list[int]:
@@ -82,7 +85,7 @@ class DecoderFeatures(nn.Module):
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         t = torch.full((x.shape[0],), self.timestep, dtype=torch.long, device=x.device)
         gen = torch.Generator(device=x.device).manual_seed(self.mask_seed)
-        xt = self.masking.add_noise(x, t, generator=gen) if self.timestep > 0 else x
+        xt = self.corruption.add_noise(x, t, generator=gen) if self.timestep > 0 else x
         out = self.unet(xt, t, taps=self.taps)
         return [out[name] for name in self.taps]
 

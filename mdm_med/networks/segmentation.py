@@ -72,13 +72,14 @@ def pretrained_unet(path: str | None, preset: str = "cpu", spatial_dims: int = 2
 def build_segmenter(mode: str = "finetune", preset: str = "cpu", spatial_dims: int = 2, in_channels: int = 3,
                     num_classes: int = 2, pretrained: str | None = None, timestep: int = 50,
                     taps: Sequence[str] | None = None, patch_size: int | Sequence[int] = 8, mask_seed: int = 0,
-                    **overrides) -> nn.Module:
+                    feature_corruption=None, **overrides) -> nn.Module:
     """One factory for every segmentation arm: ``forward(x (B, in_ch, *S)) -> logits (B, num_classes, *S)``.
 
     - ``finetune``: ``SegmentationUNet`` initialised from ``pretrained`` (required).
     - ``scratch``: the same U-Net, random initialisation (``pretrained`` must be None: no silent mix-ups).
     - ``head``: frozen ``pretrained`` U-Net features at ``timestep`` + trainable pixel-MLP head
-      (``pretrained=None`` gives the random-features baseline or a shell to load a saved model into).
+      (``pretrained=None`` gives the random-features baseline or a shell to load a saved model into);
+      ``feature_corruption`` replaces MDM masking before feature extraction (e.g. DDPM noise).
     """
     from mdm_med.networks.features import DecoderFeatures, FrozenFeatureSegmenter
 
@@ -90,6 +91,6 @@ def build_segmenter(mode: str = "finetune", preset: str = "cpu", spatial_dims: i
         return SegmentationUNet(preset, spatial_dims, in_channels, num_classes, None, **overrides)
     if mode == "head":
         unet = pretrained_unet(pretrained, preset, spatial_dims, in_channels, **overrides)
-        features = DecoderFeatures(unet, taps, timestep, patch_size, mask_seed)
+        features = DecoderFeatures(unet, taps, timestep, patch_size, mask_seed, corruption=feature_corruption)
         return FrozenFeatureSegmenter(features, num_classes)
     raise ValueError(f"unknown segmentation mode {mode!r}; use 'finetune', 'scratch' or 'head'")
