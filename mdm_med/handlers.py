@@ -5,18 +5,42 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
-from monai.utils import CommonKeys as Keys
 
 from mdm_med.utils import save_atomic
 
-__all__ = ["CheckpointResume", "ExportWeights", "ImageGrid", "Throughput", "EarlyStopAfterWarmup"]
+__all__ = ["LoadPretrained", "CheckpointResume", "ExportWeights", "ImageGrid", "Throughput", "EarlyStopAfterWarmup"]
 
 logger = logging.getLogger(__name__)
+
+
+class LoadPretrained:
+    """On start, load pretrained U-Net weights (an ``ExportWeights`` file) into ``network.load_pretrained``.
+
+    Loading when the run starts, not when the network is built, lets one config pretrain and then fine-tune, and
+    lets MONAI build the workflow (``check_properties``) before the pretrained file exists. ``path=None``: nothing
+    to load (training from scratch / random features), which is logged.
+    """
+
+    def __init__(self, network: torch.nn.Module, path: str | None):
+        self.network, self.path = network, path
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        from mdm_med.networks.segmentation import load_state_dict_file
+
+        if not self.path:
+            logger.info("no pretrained weights: %s starts from random initialisation", type(self.network).__name__)
+            return
+        net = getattr(self.network, "module", self.network)
+        net.load_pretrained(load_state_dict_file(self.path, "state_dict"))
+        logger.info("loaded pretrained weights from %s", self.path)
 
 
 class CheckpointResume:

@@ -148,5 +148,9 @@ class FrozenFeatureSegmenter(nn.Module):
         self.features = features
         self.head = PixelMLPHead(features.channels, num_classes, features.unet.spatial_dims, hidden)
 
+    def load_pretrained(self, state: dict[str, torch.Tensor]) -> None:
+        """Load pretraining U-Net weights into the frozen feature extractor."""
+        self.features.unet.load_state_dict(state)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x), x.shape[2:])

@@ -1,0 +1,81 @@
+"""The mdm_glas bundle end to end through MONAI's ConfigWorkflow on tiny synthetic data."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from monai.bundle import ConfigWorkflow
+from PIL import Image
+
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bundles", "mdm_glas", "configs")
+TINY = dict(preset="tiny", pretrain_iterations=4, epoch_length=2, max_epochs=2, num_val=2, image_scale=1.0,
+            crop_size=32, patch_size=4, pretrain_batch_size=4, seg_batch_size=2, label_fraction=1.0)
+
+
+def workflow(files, kind="train", **override):
+    files = [os.path.join(CONFIGS, f) for f in files]
+    wf = ConfigWorkflow(config_file=files if len(files) > 1 else files[0], workflow_type=kind, logging_file=False,
+                        **override)
+    return wf
+
+
+@pytest.mark.parametrize("mode", ["finetune", "head"])
+def test_train_evaluate_infer(tmp_path, tiny_glas, mode):
+    root = str(tmp_path / "bundle")
+    wf = workflow(["train.json"], bundle_root=root, dataset_dir=tiny_glas, seg_mode=mode, **TINY)
+    wf.initialize()
+    assert wf.check_properties() == []
+    wf.run()
+    wf.finalize()
+    run_dir = os.path.join(root, "runs", f"glas_{mode}_1.0")
+    metrics = json.load(open(os.path.join(run_dir, "test_metrics.json")))
+    assert 0.0 <= metrics["test_mean_dice"] <= 1.0 and metrics["test_images"] == 3 and metrics["is_demo"] is False
+    record = json.load(open(os.path.join(run_dir, "run_config.json")))
+    assert record["settings"]["seg_mode"] == mode and record["settings"]["preset"] == "tiny"
+    assert not set(record["settings"]["test_images"]) & set(record["settings"]["labelled_images"])
+    pretrained = os.path.join(root, "runs", "glas", "pretrained.pt")
+    assert os.path.isfile(pretrained) and os.path.isfile(os.path.join(root, "models", "model.pt"))
+
+    ev = workflow(["train.json", "evaluate.json"], bundle_root=root, dataset_dir=tiny_glas, **TINY)
+    ev.initialize()
+    ev.run()
+    again = json.load(open(os.path.join(root, "eval", "test_metrics.json")))
+    assert again["test_mean_dice"] == pytest.approx(metrics["test_mean_dice"], abs=1e-6)  # deterministic evaluation
+
+    src = os.path.join(tiny_glas, "testA_1.png")
+    img_dir = tmp_path / "images"
+    img_dir.mkdir()
+    Image.open(src).save(img_dir / "case.png")
+    out = tmp_path / "pred"
+    inf = workflow(["inference.json"], kind="infer", bundle_root=root, dataset_dir=str(img_dir), output_dir=str(out))
+    inf.initialize()
+    assert inf.check_properties() == []
+    inf.run()
+    mask = Image.open(out / "case_seg.png")
+    assert mask.size == Image.open(src).size and mask.mode == "L"
+    assert set(np.unique(np.asarray(mask)).tolist()) <= {0, 1}
+
+
+def test_pretraining_is_skipped_and_resumes(tmp_path, tiny_glas):
+    root = str(tmp_path / "bundle")
+    wf = workflow(["train.json", "pretrain.json"], bundle_root=root, dataset_dir=tiny_glas, **TINY)
+    wf.initialize()
+    wf.run()
+    path = os.path.join(root, "runs", "glas", "pretrained.pt")
+    first = os.path.getmtime(path)
+    wf2 = workflow(["train.json", "pretrain.json"], bundle_root=root, dataset_dir=tiny_glas, **TINY)
+    wf2.initialize()
+    wf2.run()
+    assert os.path.getmtime(path) == first  # finished pretraining is reused, not redone
+    # a checkpoint from other data is refused instead of silently reused
+    other = workflow(["train.json", "pretrain.json"], bundle_root=root, dataset_dir=tiny_glas,
+                     pretrain_loss="mse", **TINY)
+    other.initialize()
+    with pytest.raises(Exception) as err:
+        other.run()
+    chain, e = [], err.value
+    while e is not None:
+        chain.append(str(e))
+        e = e.__cause__
+    assert any("does not match" in m and "pretrain_loss" in m for m in chain)
