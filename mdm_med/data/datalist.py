@@ -10,8 +10,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["DEFAULT_FRACTIONS", "pretraining_items", "natural_key", "label_fraction_counts", "nested_label_subsets", "write_json_atomic",
-           "labelled_subset"]
+__all__ = ["DEFAULT_FRACTIONS", "pretraining_items", "natural_key", "label_fraction_counts", "nested_label_subsets",
+           "write_json_atomic", "labelled_subset"]
 
 DEFAULT_FRACTIONS = (0.05, 0.1, 0.25, 0.5, 1.0)
 

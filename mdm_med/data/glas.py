@@ -93,7 +93,8 @@ def build_glas_datalist(folder: str | os.PathLike, num_val: int = 8, test_sets: 
     }
 
 
-def resolve_glas_dir(dataset_dir: str | os.PathLike | None, demo_dir: str | os.PathLike, **demo_kwargs) -> tuple[str, bool]:
+def resolve_glas_dir(dataset_dir: str | os.PathLike | None, demo_dir: str | os.PathLike,
+                     **demo_kwargs) -> tuple[str, bool]:
     """``(folder, is_demo)``: ``dataset_dir`` when it holds GlaS images, else the synthetic demo set (generated
     into ``demo_dir`` if needed) with a loud log line saying so."""
     if dataset_dir and has_glas_images(dataset_dir):

@@ -51,7 +51,8 @@ class SegmentationUNet(nn.Module):
         missing = [k for k in own if k not in head and k not in state]
         bad = [k for k in own if k not in head and k in state and state[k].shape != own[k].shape]
         if missing or bad:
-            raise ValueError(f"pretrained weights do not fit this U-Net: missing {missing[:5]}, shape mismatch {bad[:5]}")
+            raise ValueError(
+                f"pretrained weights do not fit this U-Net: missing {missing[:5]}, shape mismatch {bad[:5]}")
         self.unet.load_state_dict({k: (own[k] if k in head else state[k]) for k in own})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
