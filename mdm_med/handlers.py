@@ -153,15 +153,20 @@ class Throughput:
         self.interval, self.batch_size, self.name = interval, batch_size, name
 
     def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.STARTED, self._start)
+        engine.add_event_handler(Events.STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_STARTED, self._start)
         engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.interval), self._log)
         engine.add_event_handler(Events.COMPLETED, self._log)
 
+    def _reset(self, engine: Engine) -> None:
+        self.t0 = None
+
     def _start(self, engine: Engine) -> None:
-        self.t0, self.it0 = time.perf_counter(), engine.state.iteration
+        if self.t0 is None:  # first iteration actually run (after any resume)
+            self.t0, self.it0 = time.perf_counter(), engine.state.iteration - 1
 
     def _log(self, engine: Engine) -> None:
-        its = engine.state.iteration - self.it0
+        its = engine.state.iteration - self.it0 if self.t0 is not None else 0
         if its <= 0:
             return
         spi = (time.perf_counter() - self.t0) / its

@@ -72,9 +72,13 @@ class ResBlock(nn.Module):
 
     def _resample(self, x: torch.Tensor) -> torch.Tensor:
         if self.up:
-            return F.interpolate(x, scale_factor=2, mode="nearest")
+            return F.interpolate(x, scale_factor=2.0, mode="nearest")
         if self.down:
-            return (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[self.dims - 1](x, 2)
+            if self.dims == 1:
+                return F.avg_pool1d(x, 2)
+            if self.dims == 2:
+                return F.avg_pool2d(x, 2)
+            return F.avg_pool3d(x, 2)
         return x
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
@@ -82,7 +86,10 @@ class ResBlock(nn.Module):
         h = F.silu(self.norm1(x))
         h = self.conv1(self._resample(h))
         x = self._resample(x)
-        scale, shift = self.emb(F.silu(emb)).view(emb.shape[0], -1, *([1] * self.dims)).chunk(2, dim=1)
+        e = self.emb(F.silu(emb))
+        for _ in range(self.dims):
+            e = e.unsqueeze(-1)  # (B, 2 out_ch, 1, ...)
+        scale, shift = e.chunk(2, dim=1)
         h = self.norm2(h) * (1 + scale) + shift
         h = self.conv2(self.dropout(F.silu(h)))
         return self.skip(x) + h
@@ -100,12 +107,13 @@ class AttentionBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
         """x: (B, C, *S) -> (B, C, *S)."""
-        b, c, *spatial = x.shape
+        b, c = x.shape[0], x.shape[1]
         qkv = self.qkv(self.norm(x).reshape(b, c, -1))  # (B, 3C, N)
-        q, k, v = qkv.reshape(b, 3, self.heads, c // self.heads, -1).transpose(-1, -2).unbind(1)
+        qkv = qkv.reshape(b, 3, self.heads, c // self.heads, -1).transpose(-1, -2)
+        q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]
         h = F.scaled_dot_product_attention(q, k, v)  # (B, heads, N, C/heads)
         h = h.transpose(-1, -2).reshape(b, c, -1)
-        return x + self.proj(h).reshape(b, c, *spatial)
+        return x + self.proj(h).reshape(x.shape)
 
 
 class _Stage(nn.Sequential):
@@ -130,6 +138,8 @@ class TimestepUNet(nn.Module):
         head_channels: channels per attention head.
         dropout: dropout inside ResBlocks.
     """
+
+    __jit_unused_properties__ = ["tap_names", "default_taps"]  # Python-side helpers, not compiled by TorchScript
 
     def __init__(self, spatial_dims: int = 2, in_channels: int = 3, out_channels: int = 3, base_channels: int = 32,
                  channel_mult: Sequence[int] = (1, 2, 2, 4), num_res_blocks: int = 2,
@@ -197,13 +207,14 @@ class TimestepUNet(nn.Module):
 
     def check_input(self, x: torch.Tensor) -> None:
         div = 2 ** (self.levels - 1)
-        if x.ndim != self.spatial_dims + 2 or x.shape[1] != self.in_channels:
-            raise ValueError(f"expected (B, {self.in_channels}, *{self.spatial_dims} spatial dims), got {tuple(x.shape)}")
-        if any(s % div for s in x.shape[2:]):
-            raise ValueError(f"spatial size {tuple(x.shape[2:])} must be divisible by {div}")
+        if x.dim() != self.spatial_dims + 2 or x.shape[1] != self.in_channels:
+            raise ValueError(f"expected (B, {self.in_channels}, *{self.spatial_dims} spatial dims), got {list(x.shape)}")
+        for s in x.shape[2:]:
+            if s % div != 0:
+                raise ValueError(f"spatial size {list(x.shape[2:])} must be divisible by {div}")
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor | None = None,
-                taps: Sequence[str] | None = None):
+                taps: list[str] | None = None) -> torch.Tensor | dict[str, torch.Tensor]:
         """x: (B, in_ch, *S); timesteps: (B,) (None = 0).
 
         Returns (B, out_ch, *S), or, when ``taps`` is given, a dict name -> (B, tap_channels, *S / tap_factor)
@@ -213,10 +224,13 @@ class TimestepUNet(nn.Module):
         if timesteps is None:
             timesteps = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
         emb = self.time_embed(timestep_embedding(timesteps, self.base_channels).to(x.dtype))
-        wanted = set(taps or ())
-        unknown = wanted - set(self.tap_channels)
-        if unknown:
-            raise KeyError(f"unknown taps {sorted(unknown)}; available: {self.tap_names}")
+        wanted: list[str] = []  # unique, in request order (TorchScript has no set)
+        if taps is not None:
+            for name in taps:
+                if name not in self.tap_channels:
+                    raise KeyError(f"unknown tap {name}; available: {list(self.tap_channels.keys())}")
+                if name not in wanted:
+                    wanted.append(name)
         h = self.input_conv(x)
         skips = [h]
         for block in self.encoder:
