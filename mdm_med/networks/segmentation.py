@@ -56,7 +56,9 @@ class SegmentationUNet(nn.Module):
         self.unet.load_state_dict({k: (own[k] if k in head else state[k]) for k in own})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.unet(x, None)
+        out = self.unet(x, None)
+        assert isinstance(out, torch.Tensor)  # no taps requested: logits (also refines the type for TorchScript)
+        return out
 
 
 def pretrained_unet(path: str | None, preset: str = "cpu", spatial_dims: int = 2, in_channels: int = 3,
