@@ -1,0 +1,567 @@
+"""Label-efficiency benchmark: methods x protocols x label fractions x seeds, each cell one run of a MONAI bundle.
+
+A *cell* is one bundle run in its own Python process (``python -m monai.bundle run``):
+
+- a **pretraining** job per pretrained method: the bundle with ``configs/pretrain.json`` merged, exporting
+  ``<out>/pretrain/<method>/pretrained.pt``; done once and reused by every fraction, seed and protocol of the method;
+- a **segmentation** cell per (method, protocol[, head timestep], fraction, seed): the bundle's training run
+  with ``label_fraction``, ``seed``, ``seg_mode`` and the method's overrides, writing into ``<out>/cells/<cell>``.
+
+The overrides of each cell are written to ``<cell dir>/overrides.json`` and merged as the last config file, so
+the exact command in ``<cell dir>/command.sh`` reproduces the cell. A cell is finished when its result JSON
+(``<out>/results/<cell>.json``, written atomically) exists; a restarted benchmark skips finished cells and refuses
+to mix results made with different settings (the result stores a fingerprint of the overrides).
+
+Why a subprocess per cell rather than ``ConfigWorkflow`` in-process: every cell starts from a clean interpreter
+(no global RNG / determinism flags, logging handlers, ignite handlers, CacheDataset memory or CUDA allocator
+state carried over from the previous cell), a crash or out-of-memory in one cell cannot take the benchmark down,
+and the cell's command line is a complete, copy-pasteable reproduction. The price is the interpreter start
+(about 5-10 s per cell), small next to a cell's training time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from mdm_med.data.datalist import DEFAULT_FRACTIONS, write_json_atomic
+
+__all__ = ["Cell", "Profile", "load_profile", "plan_cells", "cell_run_list", "run_benchmark", "default_bundle_dir",
+           "PROTOCOLS", "BUDGET_KEYS", "OBJECT_METRICS"]
+
+PROTOCOLS = {"head": "head", "finetune": "finetune"}  # protocol -> the bundle's seg_mode
+# Every pretrained method shares these (same backbone, same pretraining and fine-tuning budget): a method may not
+# override them.
+BUDGET_KEYS = frozenset({"preset", "pretrain_iterations", "pretrain_batch_size", "epoch_length", "max_epochs",
+                         "seg_batch_size", "crop_size", "image_scale", "patch_size", "pretrain_lr", "val_interval",
+                         "early_stop_patience", "early_stop_warmup", "num_val"})
+# Keys the runner sets itself for every cell.
+RESERVED_KEYS = frozenset({"label_fraction", "seed", "output_dir", "bundle_root", "dataset_dir",
+                           "pretrained_checkpoint", "pretrain_method", "run"})
+# GlaS object metrics that can be added to the bundle's test evaluator (name -> Ignite handler).
+OBJECT_METRICS = {
+    "object_f1": "mdm_med.object_metrics.GlaSObjectF1Handler",
+    "object_dice": "mdm_med.object_metrics.GlaSObjectDiceHandler",
+    "object_hausdorff": "mdm_med.object_metrics.GlaSObjectHausdorffHandler",
+}
+TRAIN_CONFIGS = ("configs/train.json",)
+PRETRAIN_CONFIGS = ("configs/train.json", "configs/pretrain.json")
+# Appended after the bundle's training step: the best validation Dice (for choosing e.g. the DDPM feature timestep
+# on validation only) and the epoch it came from.
+VAL_SUMMARY = (
+    "$mdm_med.data.datalist.write_json_atomic({'best_val_dice': float(@validate#evaluator.state.best_metric), "
+    "'best_val_epoch': int(@validate#evaluator.state.best_metric_epoch), "
+    "'epochs_run': int(@train#trainer.state.epoch)}, "
+    "os.path.join(@output_dir, 'val_metrics.json'))"
+)
+FINGERPRINT_IGNORE = ("run", "bundle_root", "output_dir", "pretrained_checkpoint")  # paths that follow --out
+
+
+def default_bundle_dir() -> Path:
+    """``bundles/mdm_glas`` of this checkout (next to the ``mdm_med`` package), else of the current directory."""
+    for candidate in (Path(__file__).resolve().parents[2] / "bundles" / "mdm_glas", Path("bundles") / "mdm_glas"):
+        if (candidate / "configs" / "train.json").is_file():
+            return candidate.resolve()
+    raise FileNotFoundError("cannot find bundles/mdm_glas; pass --bundle /path/to/mdm_glas")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# profile
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Method:
+    name: str
+    label: str
+    pretrain: bool
+    protocols: tuple[str, ...]
+    overrides: dict
+    head_timesteps: tuple[int, ...] = ()
+
+
+@dataclass
+class Profile:
+    name: str
+    fractions: tuple[float, ...]
+    seeds: tuple[int, ...]
+    protocols: tuple[str, ...]
+    methods: dict[str, Method]
+    bundle_overrides: dict = field(default_factory=dict)
+    pretrain_seed: int = 0
+    object_metrics: tuple[str, ...] = ()
+    source: str = ""
+
+
+def _floats(values) -> tuple[float, ...]:
+    return tuple(float(v) for v in values)
+
+
+def _read_profile(path: Path, depth: int = 0) -> dict:
+    """A profile file with ``extends: other.yaml`` resolved (relative to the file): the child's top-level keys replace
+    the parent's, except ``methods``, merged per method name."""
+    with open(path) as f:
+        config = yaml.safe_load(f) or {}
+    parent = config.pop("extends", None)
+    if not parent:
+        return config
+    if depth > 5:
+        raise ValueError(f"{path}: 'extends' nests too deep")
+    base = _read_profile(path.parent / parent, depth + 1)
+    methods = {**(base.get("methods") or {}), **(config.get("methods") or {})}
+    return {**base, **config, "methods": methods}
+
+
+def load_profile(config: str | os.PathLike | dict, overrides: dict | None = None) -> Profile:
+    """Read a benchmark profile (YAML path or dict) and check it; ``overrides`` update ``bundle_overrides``."""
+    source = ""
+    if not isinstance(config, dict):
+        source = str(config)
+        config = _read_profile(Path(config))
+    if not isinstance(config, dict) or "methods" not in config:
+        raise ValueError(f"benchmark profile {source or '<dict>'} must be a mapping with a 'methods' section")
+    bundle_overrides = dict(config.get("bundle_overrides") or {})
+    bundle_overrides.update(overrides or {})
+    bad = sorted(set(bundle_overrides) & RESERVED_KEYS)
+    if bad:
+        raise ValueError(f"bundle_overrides may not set {bad}: the runner sets them per cell")
+    protocols = tuple(config.get("protocols") or PROTOCOLS)
+    methods: dict[str, Method] = {}
+    for name, spec in (config["methods"] or {}).items():
+        spec = spec or {}
+        unknown = set(spec) - {"label", "pretrain", "protocols", "overrides", "head_timesteps"}
+        if unknown:
+            raise ValueError(f"method {name!r}: unknown keys {sorted(unknown)}")
+        ov = dict(spec.get("overrides") or {})
+        clash = sorted(set(ov) & (BUDGET_KEYS | RESERVED_KEYS))
+        if clash:
+            raise ValueError(f"method {name!r} overrides {clash}: budget and per-cell keys are the same for every "
+                             "method (set budget keys in bundle_overrides)")
+        methods[name] = Method(
+            name=name, label=str(spec.get("label", name)), pretrain=bool(spec.get("pretrain", True)),
+            protocols=tuple(spec.get("protocols") or protocols), overrides=ov,
+            head_timesteps=tuple(int(t) for t in spec.get("head_timesteps") or ()))
+    profile = Profile(
+        name=str(config.get("name", Path(source).stem if source else "benchmark")),
+        fractions=_floats(config.get("fractions") or DEFAULT_FRACTIONS),
+        seeds=tuple(int(s) for s in config.get("seeds") or (0, 1, 2)),
+        protocols=protocols, methods=methods, bundle_overrides=bundle_overrides,
+        pretrain_seed=int(config.get("pretrain_seed", 0)),
+        object_metrics=tuple(config.get("object_metrics") or ()), source=source)
+    _check_profile(profile)
+    return profile
+
+
+def _check_profile(p: Profile) -> None:
+    allowed = {f"{f:g}" for f in DEFAULT_FRACTIONS}
+    bad = [f for f in p.fractions if f"{f:g}" not in allowed]
+    if bad:
+        raise ValueError(f"label fractions {bad} are not in the datalist's nested subsets {sorted(allowed)}")
+    for m in p.methods.values():
+        wrong = [x for x in m.protocols if x not in PROTOCOLS]
+        if wrong:
+            raise ValueError(f"method {m.name!r}: unknown protocols {wrong}; use {sorted(PROTOCOLS)}")
+    wrong = [x for x in p.protocols if x not in PROTOCOLS]
+    if wrong:
+        raise ValueError(f"unknown protocols {wrong}; use {sorted(PROTOCOLS)}")
+    wrong = [x for x in p.object_metrics if x not in OBJECT_METRICS]
+    if wrong:
+        raise ValueError(f"unknown object_metrics {wrong}; use {sorted(OBJECT_METRICS)}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# cells
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Cell:
+    """One bundle run. ``kind`` is 'pretrain' or 'segment'."""
+
+    kind: str
+    method: Method
+    protocol: str = ""
+    fraction: float | None = None
+    seed: int | None = None
+    timestep: int | None = None  # head feature timestep when the method lists several (DDPM)
+
+    @property
+    def variant(self) -> str:
+        return f"t{self.timestep}" if self.timestep is not None else ""
+
+    @property
+    def name(self) -> str:
+        if self.kind == "pretrain":
+            return f"pretrain__{self.method.name}"
+        proto = self.protocol + (f"_{self.variant}" if self.variant else "")
+        return f"{self.method.name}__{proto}__f{self.fraction:g}__s{self.seed}"
+
+
+def plan_cells(profile: Profile, methods: Sequence[str] | None = None, fractions: Sequence[float] | None = None,
+               seeds: Sequence[int] | None = None, protocols: Sequence[str] | None = None) -> list[Cell]:
+    """All cells in run order: seeds outermost (a complete seed-0 table comes first), then fractions, methods,
+    protocols, head timesteps; a method's pretraining job goes right before its first segmentation cell."""
+    names = list(methods or profile.methods)
+    unknown = [m for m in names if m not in profile.methods]
+    if unknown:
+        raise ValueError(f"unknown methods {unknown}; the profile has {list(profile.methods)}")
+    fracs = _floats(fractions) if fractions else profile.fractions
+    probe = Profile(profile.name, fracs, (0,), profile.protocols, {})
+    _check_profile(probe)
+    protos = tuple(protocols or profile.protocols)
+    wrong = [x for x in protos if x not in PROTOCOLS]
+    if wrong:
+        raise ValueError(f"unknown protocols {wrong}; use {sorted(PROTOCOLS)}")
+    cells: list[Cell] = []
+    pretrained: set[str] = set()
+    for seed in seeds if seeds is not None else profile.seeds:
+        for frac in fracs:
+            for name in names:
+                m = profile.methods[name]
+                for proto in (x for x in m.protocols if x in protos):
+                    if m.pretrain and name not in pretrained:
+                        cells.append(Cell("pretrain", m))
+                        pretrained.add(name)
+                    steps = m.head_timesteps if proto == "head" and m.head_timesteps else (None,)
+                    for t in steps:
+                        cells.append(Cell("segment", m, proto, frac, int(seed), t))
+    return cells
+
+
+def cell_run_list(bundle_run: Sequence, pretrained: bool) -> list:
+    """The bundle's ``run`` steps for a benchmark cell: without publishing the model into the bundle's
+    ``models/`` folder, without the pretraining step when the method uses no pretrained weights, and with the
+    best-validation summary (``val_metrics.json``) after training."""
+    out, seen_train = [], False
+    for step in bundle_run:
+        text = str(step)
+        if "publish_model(" in text:
+            continue
+        if "@pretrain#trainer.run()" in text and not pretrained:
+            continue
+        out.append(step)
+        if "@train#trainer.run()" in text:
+            seen_train = True
+            out.append(VAL_SUMMARY)
+    if not seen_train:
+        raise ValueError("the bundle's run list has no '@train#trainer.run()' step; cannot build a benchmark cell")
+    return out
+
+
+def fingerprint(overrides: dict) -> str:
+    kept = {k: v for k, v in overrides.items() if k not in FINGERPRINT_IGNORE}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the runner
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class CellFailed(RuntimeError):
+    pass
+
+
+def _fmt_s(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+def machine_info() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    text = f"{platform.node()}: {cpu}, {os.cpu_count()} CPU cores (visible), Python {platform.python_version()}"
+    try:
+        import monai
+        import torch
+
+        text += f", torch {torch.__version__}, monai {monai.__version__}"
+        if torch.cuda.is_available():
+            text += f", GPU {torch.cuda.get_device_name(0)}"
+    except ImportError:
+        pass
+    return text
+
+
+class BenchmarkRunner:
+    def __init__(self, profile: Profile, data_dir: str | os.PathLike, out: str | os.PathLike,
+                 bundle_dir: str | os.PathLike | None = None, bundle_root: str | os.PathLike | None = None,
+                 verbose: bool = False, log=print):
+        self.profile = profile
+        self.data_dir = Path(data_dir).resolve()
+        self.out = Path(out).resolve()
+        self.bundle_dir = Path(bundle_dir).resolve() if bundle_dir else default_bundle_dir()
+        self.bundle_root = Path(bundle_root).resolve() if bundle_root else self.out
+        self.verbose = verbose
+        self.log = log
+        self.repo_root = Path(__file__).resolve().parents[2]
+        with open(self.bundle_dir / "configs" / "train.json") as f:
+            self.bundle_run = json.load(f)["run"]
+
+    # paths --------------------------------------------------------------------------------------------------
+    def pretrain_dir(self, method: Method) -> Path:
+        return self.out / "pretrain" / method.name
+
+    def work_dir(self, cell: Cell) -> Path:
+        return self.pretrain_dir(cell.method) if cell.kind == "pretrain" else self.out / "cells" / cell.name
+
+    def result_path(self, cell: Cell) -> Path:
+        return self.pretrain_dir(cell.method) / "result.json" if cell.kind == "pretrain" else \
+            self.out / "results" / f"{cell.name}.json"
+
+    # overrides ----------------------------------------------------------------------------------------------
+    def overrides(self, cell: Cell) -> dict:
+        m = cell.method
+        ov = dict(self.profile.bundle_overrides)
+        if cell.kind == "segment":
+            ov["seg_mode"] = PROTOCOLS[cell.protocol]
+        ov.update(m.overrides)
+        common = {"dataset_dir": str(self.data_dir), "bundle_root": str(self.bundle_root)}
+        if m.pretrain:
+            common["pretrained_checkpoint"] = str(self.pretrain_dir(m) / "pretrained.pt")
+            common["pretrain_method"] = m.name
+        else:
+            common["pretrained_checkpoint"] = None
+            common["pretrain_method"] = "none"
+        if cell.kind == "pretrain":
+            ov.update(common, seed=self.profile.pretrain_seed, output_dir=str(self.pretrain_dir(m)))
+            return ov
+        if cell.timestep is not None:
+            ov["seg_timestep"] = cell.timestep
+        ov.update(common, label_fraction=cell.fraction, seed=cell.seed, output_dir=str(self.work_dir(cell)))
+        for name in self.profile.object_metrics:
+            ov[f"test#evaluator#additional_metrics#test_{name}"] = {
+                "_target_": OBJECT_METRICS[name], "output_transform": "$monai.handlers.from_engine(['pred', 'label'])"}
+        ov["run"] = cell_run_list(self.bundle_run, m.pretrain)
+        return ov
+
+    def command(self, cell: Cell, overrides_file: Path) -> list[str]:
+        configs = PRETRAIN_CONFIGS if cell.kind == "pretrain" else TRAIN_CONFIGS
+        files = [str(self.bundle_dir / c) for c in configs] + [str(overrides_file)]
+        return [sys.executable, "-m", "monai.bundle", "run", "--config_file", json.dumps(files),
+                "--meta_file", str(self.bundle_dir / "configs" / "metadata.json"),
+                "--logging_file", str(self.bundle_dir / "configs" / "logging.conf")]
+
+    # state --------------------------------------------------------------------------------------------------
+    def finished(self, cell: Cell) -> dict | None:
+        path = self.result_path(cell)
+        if not path.is_file():
+            return None
+        with open(path) as f:
+            result = json.load(f)
+        want = fingerprint(self.overrides(cell))
+        if result.get("fingerprint") != want:
+            raise ValueError(
+                f"{path} was made with other settings than this run (fingerprint {result.get('fingerprint')} vs "
+                f"{want}; see {self.work_dir(cell) / 'overrides.json'}). Use a new --out, or delete the old result "
+                "to recompute it.")
+        return result
+
+    # running ------------------------------------------------------------------------------------------------
+    def _launch(self, cell: Cell) -> float:
+        work = self.work_dir(cell)
+        if cell.kind == "segment" and work.exists():
+            shutil.rmtree(work)  # an unfinished cell restarts from scratch (pretraining resumes from its checkpoint)
+        work.mkdir(parents=True, exist_ok=True)
+        ov = self.overrides(cell)
+        ov_file = work / "overrides.json"
+        write_json_atomic(ov, ov_file)
+        cmd = self.command(cell, ov_file)
+        (work / "command.sh").write_text(f"cd {shlex.quote(str(self.repo_root))}\n{shlex.join(cmd)}\n")
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([str(self.repo_root)] + [p for p in [env.get("PYTHONPATH")] if p])
+        log_path = work / "log.txt"
+        attempts = work / "attempts.json"  # wall time of earlier, interrupted attempts (pretraining resumes)
+        fp = fingerprint(ov)
+        previous = json.loads(attempts.read_text()) if attempts.is_file() else {"wall_s": 0.0, "fingerprint": fp}
+        if previous.get("fingerprint") != fp:
+            raise ValueError(f"{work} holds an unfinished run made with other settings (its checkpoint would be "
+                             "resumed); delete that folder or use a new --out")
+        start = time.time()
+        try:
+            with open(log_path, "a") as log:
+                proc = subprocess.run(cmd, cwd=self.repo_root, env=env, stdout=None if self.verbose else log,
+                                      stderr=subprocess.STDOUT if not self.verbose else None)
+        finally:
+            wall = time.time() - start
+            write_json_atomic({"wall_s": previous["wall_s"] + wall, "fingerprint": fp}, attempts)
+        if proc.returncode != 0:
+            tail = "".join(log_path.read_text(errors="replace").splitlines(keepends=True)[-25:])
+            raise CellFailed(f"{cell.name} failed (exit {proc.returncode}); log {log_path}:\n{tail}")
+        return previous["wall_s"] + wall
+
+    def run_pretrain(self, cell: Cell) -> dict:
+        wall = self._launch(cell)
+        ckpt = self.pretrain_dir(cell.method) / "pretrained.pt"
+        if not ckpt.is_file():
+            raise CellFailed(f"{cell.name}: the bundle finished but {ckpt} does not exist")
+        ov = self.overrides(cell)
+        result = {"cell": cell.name, "method": cell.method.name, "pretrained_checkpoint": str(ckpt), "wall_s": wall,
+                  "pretrain_iterations": ov.get("pretrain_iterations"), "fingerprint": fingerprint(ov),
+                  "finished_at": time.strftime("%Y-%m-%d %H:%M:%S")}
+        write_json_atomic(result, self.result_path(cell))
+        return result
+
+    def run_segment(self, cell: Cell, pretrain_result: dict | None) -> dict:
+        wall = self._launch(cell)
+        work = self.work_dir(cell)
+        with open(work / "test_metrics.json") as f:
+            test = json.load(f)
+        if test.get("is_demo"):
+            raise CellFailed(f"{cell.name}: the bundle ran on its synthetic DEMO data, not on {self.data_dir}")
+        val = json.loads((work / "val_metrics.json").read_text()) if (work / "val_metrics.json").is_file() else {}
+        record = json.loads((work / "run_config.json").read_text()).get("settings", {})
+        ov = self.overrides(cell)
+        result = {
+            "cell": cell.name, "method": cell.method.name, "method_label": cell.method.label,
+            "protocol": cell.protocol, "variant": cell.variant, "seg_mode": record.get("seg_mode"),
+            "seg_timestep": record.get("seg_timestep"), "label_fraction": cell.fraction, "seed": cell.seed,
+            "labelled_images": len(record.get("labelled_images") or []),
+            "dice": test.get("test_mean_dice"), "iou": test.get("test_mean_iou"),
+            "paper_iou": test.get("test_paper_iou"),
+            **{name: test.get(f"test_{name}") for name in OBJECT_METRICS},
+            "test_images": test.get("test_images"),
+            "val_dice": val.get("best_val_dice"), "best_epoch": val.get("best_val_epoch"),
+            "epochs_run": val.get("epochs_run"),
+            "pretrain_wall_s": pretrain_result.get("wall_s") if pretrain_result else None,
+            "seg_wall_s": wall, "output_dir": str(work), "fingerprint": fingerprint(ov),
+            "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
+        write_json_atomic(result, self.result_path(cell))
+        return result
+
+    def run(self, cells: Sequence[Cell]) -> dict:
+        """Run every unfinished cell; returns ``{"results", "pretrain", "ran", "skipped", "failed", "elapsed_s"}``."""
+        start = time.time()
+        done: dict[str, dict] = {}
+        for cell in cells:  # fail early on results made with other settings
+            r = self.finished(cell)
+            if r is not None:
+                done[cell.name] = r
+        todo = [c for c in cells if c.name not in done]
+        self.log(f"[benchmark] {len(cells)} cells ({sum(c.kind == 'pretrain' for c in cells)} pretraining), "
+                 f"{len(done)} already finished, {len(todo)} to run; output {self.out}")
+        ran, failed, broken = [], {}, set()
+        for i, cell in enumerate(todo):
+            if cell.kind == "segment" and cell.method.name in broken:
+                failed[cell.name] = f"pretraining of {cell.method.name} failed"
+                continue
+            eta = self._eta(todo[i:], done, cells)
+            left = f"time left ~{_fmt_s(eta)}" if eta is not None else \
+                "time left: known once a pretraining and a segmentation cell are done"
+            self.log(f"[benchmark] {len(done) + len(failed) + 1}/{len(cells)} {cell.name} starting ({left})")
+            try:
+                if cell.kind == "pretrain":
+                    result = self.run_pretrain(cell)
+                else:
+                    result = self.run_segment(cell, done.get(Cell("pretrain", cell.method).name))
+            except CellFailed as err:
+                self.log(f"[benchmark] FAILED {err}")
+                failed[cell.name] = str(err).splitlines()[0]
+                if cell.kind == "pretrain":
+                    broken.add(cell.method.name)
+                continue
+            done[cell.name] = result
+            ran.append(cell.name)
+            wall = result.get("wall_s", result.get("seg_wall_s"))
+            extra = f", test Dice {result['dice']:.4f}" if result.get("dice") is not None else ""
+            self.log(f"[benchmark] {cell.name} done in {_fmt_s(wall)}{extra}")
+        return {"results": [done[c.name] for c in cells if c.kind == "segment" and c.name in done],
+                "pretrain": {c.method.name: done[c.name] for c in cells if c.kind == "pretrain" and c.name in done},
+                "ran": ran, "skipped": [c.name for c in cells if c.name in done and c.name not in ran],
+                "failed": failed, "elapsed_s": time.time() - start}
+
+    @staticmethod
+    def _eta(remaining: Iterable[Cell], done: dict, cells: Sequence[Cell]) -> float | None:
+        """Seconds left: each remaining cell costs the mean wall time of finished cells of its kind (pretraining /
+        head / fine-tuning), falling back to all finished segmentation cells; None before any cell has finished."""
+        walls: dict[str, list[float]] = {}
+        for c in cells:
+            r = done.get(c.name)
+            if r is not None:
+                key = "pretrain" if c.kind == "pretrain" else c.protocol
+                w = r.get("wall_s", r.get("seg_wall_s"))
+                if w is not None:
+                    walls.setdefault(key, []).append(float(w))
+        seg = [w for k, v in walls.items() if k != "pretrain" for w in v]
+        total = 0.0
+        for c in remaining:
+            key = "pretrain" if c.kind == "pretrain" else c.protocol
+            pool = walls.get(key) or (seg if c.kind == "segment" else None)
+            if not pool:
+                return None
+            total += sum(pool) / len(pool)
+        return total
+
+
+def run_benchmark(config: str | os.PathLike | dict, data_dir: str | os.PathLike, out: str | os.PathLike,
+                  methods: Sequence[str] | None = None, fractions: Sequence[float] | None = None,
+                  seeds: Sequence[int] | None = None, protocols: Sequence[str] | None = None,
+                  overrides: dict | None = None, bundle_dir: str | os.PathLike | None = None,
+                  bundle_root: str | os.PathLike | None = None, dry_run: bool = False, report_only: bool = False,
+                  verbose: bool = False, command: str | None = None, log=print) -> dict:
+    """Plan, run (unless ``dry_run`` / ``report_only``) and report. Returns the runner's summary plus ``cells`` and
+    ``report`` (paths of results.csv / results.md / plot.png)."""
+    from mdm_med.benchmark.report import write_report
+    from mdm_med.data.glas import has_glas_images
+
+    profile = load_profile(config, overrides)
+    if not has_glas_images(data_dir):
+        raise FileNotFoundError(f"--data-dir {data_dir} holds no GlaS images (train_N.png/bmp + train_N_anno.*); the "
+                                "benchmark never falls back to the synthetic demo set")
+    cells = plan_cells(profile, methods, fractions, seeds, protocols)
+    runner = BenchmarkRunner(profile, data_dir, out, bundle_dir, bundle_root, verbose, log)
+    if dry_run:
+        for c in cells:
+            state = "done" if runner.finished(c) else "todo"
+            log(f"{state:5s} {c.name}")
+        return {"cells": [c.name for c in cells], "ran": [], "skipped": [], "failed": {}, "results": [],
+                "pretrain": {}, "report": {}}
+    if report_only:
+        done = {c.name: r for c in cells if (r := runner.finished(c)) is not None}
+        summary = {"results": [done[c.name] for c in cells if c.kind == "segment" and c.name in done],
+                   "pretrain": {c.method.name: done[c.name] for c in cells if c.kind == "pretrain" and c.name in done},
+                   "ran": [], "skipped": list(done), "failed": {}, "elapsed_s": 0.0}
+    else:
+        summary = runner.run(cells)
+    order = {name: i for i, name in enumerate(profile.methods)}
+    summary["results"].sort(key=lambda r: (order.get(r["method"], len(order)), list(PROTOCOLS).index(r["protocol"]),
+                                           r.get("seg_timestep") or 0, r["label_fraction"], r["seed"]))
+    missing = [c.name for c in cells if c.kind == "segment" and c.name not in
+               {r["cell"] for r in summary["results"]}]
+    info = {
+        "profile": profile.name, "profile_file": profile.source, "command": command or "(python API)",
+        "data_dir": str(runner.data_dir), "out": str(runner.out), "bundle": str(runner.bundle_dir),
+        "machine": machine_info(), "bundle_overrides": profile.bundle_overrides,
+        "elapsed_s": summary["elapsed_s"], "pretrain": summary["pretrain"], "failed": summary["failed"],
+        "missing": missing, "methods": {m.name: m.label for m in profile.methods.values()},
+        "object_metrics": list(profile.object_metrics),
+    }
+    summary["report"] = write_report(summary["results"], runner.out, info)
+    summary["cells"] = [c.name for c in cells]
+    log(f"[benchmark] ran {len(summary['ran'])}, skipped {len(summary['skipped'])} finished, "
+        f"failed {len(summary['failed'])}; report: {summary['report'].get('md')}")
+    return summary

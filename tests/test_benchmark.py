@@ -1,0 +1,242 @@
+"""Tests for the label-efficiency benchmark (mdm_med.benchmark): planning, per-cell overrides, aggregation and
+report, and one end-to-end run of the real mdm_glas bundle on a tiny synthetic set (then a restart that must skip
+every finished cell)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from mdm_med.benchmark import aggregate, cell_run_list, load_profile, markdown_report, plan_cells, select_on_validation
+from mdm_med.benchmark.__main__ import main
+from mdm_med.benchmark.runner import VAL_SUMMARY, BenchmarkRunner, default_bundle_dir, fingerprint
+
+REPO = Path(__file__).resolve().parents[1]
+CPU_PROFILE = REPO / "benchmarks" / "glas_cpu.yaml"
+PAPER_PROFILE = REPO / "benchmarks" / "glas_paper.yaml"
+BUNDLE = REPO / "bundles" / "mdm_glas"
+TINY = ["pretrain_iterations=4", "epoch_length=2", "max_epochs=1", "val_interval=1", "image_scale=1.0",
+        "crop_size=32", "num_val=2", "preset=tiny"]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# profiles and planning
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_cpu_profile_plan():
+    p = load_profile(CPU_PROFILE)
+    assert list(p.methods) == ["mdm", "mdm_mse", "mdm_fixed_t", "mae", "ddpm", "scratch", "random_features"]
+    cells = plan_cells(p)
+    pre = [c for c in cells if c.kind == "pretrain"]
+    seg = [c for c in cells if c.kind == "segment"]
+    assert sorted(c.method.name for c in pre) == ["ddpm", "mae", "mdm", "mdm_fixed_t", "mdm_mse"]
+    # 5 pretrained x 2 protocols + 2 extra DDPM head timesteps + scratch + random features, x 2 fractions x 3 seeds
+    assert len(seg) == 14 * 2 * 3
+    assert len({c.name for c in cells}) == len(cells)
+    # every pretraining comes before the first cell of its method
+    first = {}
+    for i, c in enumerate(cells):
+        first.setdefault((c.kind, c.method.name), i)
+    for c in pre:
+        assert first[("pretrain", c.method.name)] < first[("segment", c.method.name)]
+    assert {c.protocol for c in seg if c.method.name == "scratch"} == {"finetune"}
+    assert {c.protocol for c in seg if c.method.name == "random_features"} == {"head"}
+    assert sorted(c.timestep for c in seg if c.method.name == "ddpm" and c.protocol == "head"
+                  and c.seed == 0 and c.fraction == 0.1) == [50, 150, 250]
+    core = plan_cells(p, methods=["mdm", "scratch"], fractions=[0.1, 1.0])
+    assert sum(c.kind == "segment" for c in core) == 18 and sum(c.kind == "pretrain" for c in core) == 1
+
+
+def test_paper_profile_extends_cpu_methods():
+    cpu, paper = load_profile(CPU_PROFILE), load_profile(PAPER_PROFILE)
+    assert list(paper.methods) == list(cpu.methods)
+    assert paper.bundle_overrides["preset"] == "paper" and paper.bundle_overrides["crop_size"] == 256
+    ov = paper.bundle_overrides
+    assert ov["patch_size"] == 8 and ov["image_scale"] == 1.0
+    # the paper's 10k steps at batch 128, as micro-batches with gradient accumulation (one H100 holds 16)
+    acc = ov["pretrain#trainer#accumulation_steps"]
+    assert ov["pretrain_batch_size"] * acc == 128 and ov["pretrain_iterations"] == 10000 * acc
+    assert ov["epoch_length"] % acc == 0
+    assert len(paper.seeds) >= 3 and paper.fractions == (0.05, 0.1, 0.25, 0.5, 1.0)
+
+
+def test_profile_rejects_budget_overrides_and_bad_fractions():
+    with pytest.raises(ValueError, match="pretrain_iterations"):
+        load_profile({"methods": {"x": {"overrides": {"pretrain_iterations": 10}}}})
+    with pytest.raises(ValueError, match="label fractions"):
+        load_profile({"fractions": [0.3], "methods": {"x": {}}})
+    with pytest.raises(ValueError, match="unknown methods"):
+        plan_cells(load_profile(CPU_PROFILE), methods=["nope"])
+    with pytest.raises(ValueError, match="runner sets"):
+        load_profile({"methods": {"x": {}}}, overrides={"seed": 3})
+
+
+def test_cell_run_list_on_the_bundle():
+    bundle_run = json.loads((BUNDLE / "configs" / "train.json").read_text())["run"]
+    pre = cell_run_list(bundle_run, pretrained=True)
+    none = cell_run_list(bundle_run, pretrained=False)
+    for steps in (pre, none):
+        assert not any("publish_model(" in s for s in steps)  # the bundle's models/ is never overwritten
+        assert steps[steps.index(VAL_SUMMARY) - 1] == "$@train#trainer.run()"
+    assert any("@pretrain#trainer.run()" in s for s in pre)
+    assert not any("@pretrain#trainer.run()" in s for s in none)
+    with pytest.raises(ValueError):
+        cell_run_list(["$print(1)"], pretrained=False)
+
+
+def test_cell_overrides(tmp_path):
+    p = load_profile(CPU_PROFILE)
+    runner = BenchmarkRunner(p, tmp_path / "data", tmp_path / "out", log=lambda *a: None)
+    cells = {c.name: c for c in plan_cells(p, fractions=[0.1], seeds=[1])}
+    pre = runner.overrides(cells["pretrain__mae"])
+    assert pre["pretrain#corruption"]["_target_"] == "mdm_med.corruption.FixedRatioMasking"
+    assert pre["pretrained_checkpoint"] == str(tmp_path / "out" / "pretrain" / "mae" / "pretrained.pt")
+    assert pre["pretrain_method"] == "mae" and "run" not in pre  # pretraining uses pretrain.json's own run list
+    assert pre["bundle_root"] == str(tmp_path / "out")
+    mae_head = runner.overrides(cells["mae__head__f0.1__s1"])
+    assert mae_head["seg_mode"] == "head" and mae_head["seg_timestep"] == 0 and mae_head["seed"] == 1
+    assert mae_head["label_fraction"] == 0.1 and mae_head["pretrained_checkpoint"] == pre["pretrained_checkpoint"]
+    assert mae_head["pretrain_iterations"] == 400
+    ddpm = runner.overrides(cells["ddpm__head_t150__f0.1__s1"])
+    assert ddpm["seg_timestep"] == 150 and ddpm["feature_corruption"]["_target_"].endswith("GaussianDiffusion")
+    scratch = runner.overrides(cells["scratch__finetune__f0.1__s1"])
+    assert scratch["seg_mode"] == "scratch" and scratch["pretrained_checkpoint"] is None
+    assert not any("@pretrain#trainer.run()" in s for s in scratch["run"])
+    rand = runner.overrides(cells["random_features__head__f0.1__s1"])
+    assert rand["seg_mode"] == "head" and rand["seg_pretrained"] is None
+    assert scratch["output_dir"] == str(tmp_path / "out" / "cells" / "scratch__finetune__f0.1__s1")
+    assert "test#evaluator#additional_metrics#test_object_f1" in scratch
+    # the fingerprint ignores paths that follow --out, not settings
+    moved = dict(scratch, output_dir="/elsewhere", run=[])
+    assert fingerprint(moved) == fingerprint(scratch) != fingerprint(dict(scratch, seed=2))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# aggregation and report
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _row(method, protocol, fraction, seed, dice, val=None, variant="", **kw):
+    return {"method": method, "method_label": method.upper(), "protocol": protocol, "variant": variant,
+            "label_fraction": fraction, "seed": seed, "dice": dice, "paper_iou": dice / (2 - dice),
+            "val_dice": val, "labelled_images": {0.1: 8, 1.0: 77}[fraction], **kw}
+
+
+def test_aggregate_mean_std():
+    rows = [_row("mdm", "head", 0.1, s, d) for s, d in enumerate([0.80, 0.84, 0.88])]
+    rows += [_row("mdm", "head", 1.0, 0, 0.90), _row("scratch", "finetune", 0.1, 0, 0.5, iou=None)]
+    agg = aggregate(rows)
+    assert [(a["method"], a["label_fraction"], a["n"]) for a in agg] == [
+        ("mdm", 0.1, 3), ("mdm", 1.0, 1), ("scratch", 0.1, 1)]
+    a = agg[0]
+    assert a["dice_mean"] == pytest.approx(0.84)
+    assert a["dice_std"] == pytest.approx(0.04)  # sample std (ddof = 1)
+    assert a["seeds"] == [0, 1, 2] and a["labelled_images"] == 8
+    assert agg[1]["dice_std"] is None  # one seed: no std
+    assert agg[2]["iou_mean"] is None
+
+
+def test_select_timestep_on_validation_not_test():
+    rows = []
+    for seed in (0, 1):
+        rows.append(_row("ddpm", "head", 0.1, seed, dice=0.9, val=0.5, variant="t50"))  # best on test
+        rows.append(_row("ddpm", "head", 0.1, seed, dice=0.7, val=0.8, variant="t150"))  # best on validation
+    rows.append(_row("mdm", "head", 0.1, 0, dice=0.8, val=0.8))
+    selected, choice = select_on_validation(rows)
+    assert choice == {("ddpm", "head", 0.1): "t150"}
+    assert len(selected) == 2 and all(r["variant"] == "val-best" and r["dice"] == 0.7 for r in selected)
+    text = markdown_report(rows, {"profile": "unit"})
+    assert "DDPM [val-best]" in text and "ddpm/head 10%: t150" in text
+
+
+def test_markdown_paper_layout():
+    rows = [_row("mdm", "head", f, s, 0.8 + 0.01 * s) for f in (0.1, 1.0) for s in range(3)]
+    text = markdown_report(rows, {"profile": "unit", "command": "python -m mdm_med.benchmark x", "data_dir": "/d",
+                                  "machine": "m", "elapsed_s": 5})
+    header = next(line for line in text.splitlines() if line.startswith("| Method | Protocol | 100%"))
+    assert header.index("100% (77 img)") < header.index("10% (8 img)")  # largest fraction first, as the paper
+    row = next(line for line in text.splitlines() if line.startswith("| MDM | head | 81.00 ± 1.00 / "))
+    iou = sum(d / (2 - d) for d in (0.80, 0.81, 0.82)) / 3  # per-seed paper IoU, then mean over seeds
+    assert f"{100 * iou:.2f}" in row
+    assert "python -m mdm_med.benchmark x" in text and "Data: `/d`" in text
+    assert not math.isnan(aggregate(rows)[0]["dice_std"])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# end to end on the real bundle (tiny synthetic data)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _bundle_mentions(path) -> list[str]:
+    """Records in the real bundle's runs/ and models/ that mention ``path`` (a cell that wrote there would leave its
+    data dir in run_config.json or models/model_settings.json). Robust to other jobs using the bundle meanwhile."""
+    hits = []
+    for f in [*BUNDLE.glob("runs/*/*.json"), *BUNDLE.glob("models/*.json")]:
+        try:
+            if str(path) in f.read_text(errors="replace"):
+                hits.append(str(f))
+        except OSError:
+            pass
+    return hits
+
+
+@pytest.mark.slow
+def test_end_to_end_and_restart(tmp_path, capsys):
+    from mdm_med.data.synthetic import generate_glas_demo
+
+    assert default_bundle_dir() == BUNDLE.resolve()
+    data = generate_glas_demo(tmp_path / "glas", num_train=10, num_test=3, size=(64, 96))
+    out = tmp_path / "out"
+    argv = ["--config", str(CPU_PROFILE), "--data-dir", str(data), "--out", str(out), "--methods", "mdm", "scratch",
+            "--fractions", "1.0", "--seeds", "0", "--bundle-root", str(tmp_path / "bundle_root"), "--set", *TINY]
+    assert main(argv) == 0
+    log = capsys.readouterr().out
+    assert "time left" in log and "ran 4, skipped 0" in log
+
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted((r["method"], r["protocol"]) for r in rows) == [
+        ("mdm", "finetune"), ("mdm", "head"), ("scratch", "finetune")]
+    for r in rows:
+        assert r["label_fraction"] == "1.0" and r["seed"] == "0" and r["labelled_images"] == "8"
+        assert 0.0 <= float(r["dice"]) <= 1.0 and r["paper_iou"] != "" and r["object_f1"] != ""
+        assert r["val_dice"] != "" and float(r["seg_wall_s"]) > 0
+        assert (r["pretrain_wall_s"] != "") == (r["method"] == "mdm")
+    assert {r["seg_mode"] for r in rows if r["method"] == "scratch"} == {"scratch"}
+    md = (out / "results.md").read_text()
+    for label in ("| MDM (SSIM) | head |", "| MDM (SSIM) | finetune |", "| U-Net from scratch | finetune |"):
+        assert label in md
+    assert "python -m mdm_med.benchmark --config" in md and str(data) in md
+    assert (out / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # pretraining happened once, into the benchmark's folder; nothing went into the bundle's runs/ or models/
+    assert (out / "pretrain" / "mdm" / "pretrained.pt").is_file()
+    assert not (out / "pretrain" / "scratch").exists()
+    assert _bundle_mentions(tmp_path) == []
+    assert not (tmp_path / "bundle_root" / "models").exists()
+    for cfg in out.glob("cells/*/run_config.json"):
+        assert json.loads(cfg.read_text())["settings"]["output_dir"].startswith(str(out / "cells"))
+    # each cell holds its overrides and a command that reproduces it
+    cell = out / "cells" / "scratch__finetune__f1__s0"
+    assert "monai.bundle run" in (cell / "command.sh").read_text()
+    assert json.loads((cell / "overrides.json").read_text())["seg_mode"] == "scratch"
+
+    # restart: every cell is finished, nothing is trained again and no result file is rewritten
+    results = sorted((out / "results").glob("*.json"))
+    stamps = {p: p.stat().st_mtime_ns for p in results + [out / "pretrain" / "mdm" / "result.json"]}
+    logs = {p: p.stat().st_size for p in out.glob("cells/*/log.txt")}
+    assert main(argv) == 0
+    log = capsys.readouterr().out
+    assert "ran 0, skipped 4 finished" in log and "starting" not in log
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    assert {p: p.stat().st_size for p in logs} == logs
+    with open(out / "results.csv") as f:
+        assert len(list(csv.DictReader(f))) == 3
+
+    # a restart with other settings refuses to mix results
+    assert main([*argv, "max_epochs=2"]) == 2
+    assert "other settings" in capsys.readouterr().err
