@@ -8,12 +8,12 @@ import os
 import platform
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
 
 from mdm_med.data.datalist import write_json_atomic
+from mdm_med.io import atomic_write
 
 __all__ = ["locate_bundle", "save_atomic", "copy_atomic", "write_run_record", "seed_everything", "publish_model",
            "model_setting"]
@@ -32,31 +32,14 @@ def locate_bundle(name: str) -> str:
 
 def save_atomic(obj, path: str | os.PathLike) -> None:
     """``torch.save`` through a temporary file in the same folder, then ``os.replace``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=".pt")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def copy_atomic(src: str | os.PathLike, dst: str | os.PathLike) -> str:
     """Copy ``src`` to ``dst`` atomically; returns ``dst``."""
     if not os.path.isfile(src):
         raise FileNotFoundError(f"cannot publish {src}: file does not exist")
-    folder = os.path.dirname(os.path.abspath(dst))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_")
-    os.close(fd)
-    shutil.copyfile(src, tmp)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, dst)
+    atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
     logger.info("published %s -> %s", src, dst)
     return str(dst)
 

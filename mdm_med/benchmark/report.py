@@ -10,9 +10,10 @@ from __future__ import annotations
 import csv
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+
+from mdm_med.io import atomic_write
 
 __all__ = ["CSV_FIELDS", "METRICS", "aggregate", "select_on_validation", "markdown_report", "plot_dice",
            "write_csv", "write_report", "VAL_BEST"]
@@ -255,18 +256,7 @@ def plot_dice(rows: Sequence[dict], path: str | os.PathLike, title: str = "") ->
 
 
 def _save_atomic(write, path: str | os.PathLike) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=Path(path).suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write(path, write)
 
 
 def write_csv(rows: Sequence[dict], path: str | os.PathLike) -> str:

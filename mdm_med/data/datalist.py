@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from collections.abc import Sequence
 
 import numpy as np
@@ -58,19 +57,14 @@ def labelled_subset(datalist: dict, fraction: float | str) -> list[dict]:
 
 
 def write_json_atomic(obj, path: str | os.PathLike) -> None:
-    """Write JSON to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
+    """Write JSON to ``path`` atomically (temporary file in the same folder, then ``os.replace``)."""
+    from mdm_med.io import atomic_write
+
+    def write(tmp):
+        with open(tmp, "w") as f:
             json.dump(obj, f, indent=2)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+
+    atomic_write(path, write)
 
 
 def pretraining_items(datalist: dict, include_test: bool = False) -> list[dict]:
