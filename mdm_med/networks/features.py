@@ -18,7 +18,7 @@ from torch import nn
 from mdm_med.corruption import PatchMasking
 from mdm_med.networks.unet import TimestepUNet
 
-__all__ = ["DecoderFeatures", "PixelMLPHead", "FrozenFeatureSegmenter", "feature_norm", "upsample"]
+__all__ = ["DecoderFeatures", "PixelMLPHead", "FrozenFeatureSegmenter", "feature_norm", "sample_norm", "upsample"]
 
 
 def upsample(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -36,19 +36,32 @@ def _interp_gram(n_in: int, n_out: int, device, dtype) -> torch.Tensor:
     return (a.T @ a).to(dtype)
 
 
+def sample_norm(x: torch.Tensor, chunk: int = 64) -> torch.Tensor:
+    """(B,) Frobenius norm of each sample of (B, C, *S), accurate for huge tensors: torch's CPU ``norm`` accumulates
+    the 1e8 float32 squares of a paper-size feature stack with about 1% error; cascade ``sum`` over channel chunks
+    stays at float precision and needs only chunk-sized temporaries."""
+    dims = tuple(range(1, x.ndim))
+    x = x.to(torch.promote_types(x.dtype, torch.float32))
+    return sum(c.square().sum(dim=dims) for c in x.split(chunk, dim=1)).sqrt()
+
+
 def feature_norm(features: Sequence[torch.Tensor], size: Sequence[int]) -> torch.Tensor:
     """(B,) Frobenius norm of ``cat([upsample(f, size) for f in features], 1)`` per sample, without building it.
 
-    Uses ||A_1 f A_2^T||^2 = <f, G_1 f G_2> with G = A^T A per spatial axis (separable interpolation).
+    Uses ||A_1 f A_2^T||^2 = <f, G_1 f G_2> with G = A^T A per spatial axis (separable interpolation). Channels go
+    in chunks of 64, which bounds the temporaries to a few chunk-sized tensors.
     """
-    total = None
+    total = 0.0
     for f in features:
-        g = f.float()
-        for axis, (n_in, n_out) in enumerate(zip(f.shape[2:], size)):
-            gram = _interp_gram(n_in, n_out, f.device, torch.float32)
-            g = torch.movedim(torch.tensordot(g, gram, dims=([axis + 2], [1])), -1, axis + 2)
-        sq = (g * f.float()).flatten(1).sum(1)
-        total = sq if total is None else total + sq
+        f = f.to(torch.promote_types(f.dtype, torch.float32))
+        grams = [None if n_in == n_out else _interp_gram(n_in, n_out, f.device, f.dtype)
+                 for n_in, n_out in zip(f.shape[2:], size)]
+        for fc in f.split(64, dim=1):
+            g = fc
+            for axis, gram in enumerate(grams):
+                if gram is not None:
+                    g = torch.movedim(torch.tensordot(g, gram, dims=([axis + 2], [1])), -1, axis + 2)
+            total = total + (g * fc).sum(dim=tuple(range(1, fc.ndim)))
     return total.clamp_min(1e-12).sqrt()
 
 
@@ -93,7 +106,52 @@ class DecoderFeatures(nn.Module):
     def materialize(self, x: torch.Tensor) -> torch.Tensor:
         feats = self(x)
         cat = torch.cat([upsample(f, x.shape[2:]) for f in feats], dim=1)
-        return cat / cat.flatten(1).norm(dim=1).view(-1, *([1] * (cat.ndim - 1)))
+        return cat / sample_norm(cat).view(-1, *([1] * (cat.ndim - 1)))
+
+
+class _ReluBatchNormLinear(torch.autograd.Function):
+    """``linear(batch_norm(relu(z)))`` per position, BatchNorm in training mode, keeping one activation.
+
+    z: (B, C, *S) (the ReLU is applied to it in place), weight: (O, C), bias: (O,) -> (B, O, N) with N = prod(S);
+    also returns the batch mean and biased variance (for the running statistics) and z itself (marked dirty). Only
+    relu(z) is saved; the weight gradient comes from relu(z) and the batch statistics directly, and ATen's batch-norm
+    backward runs in chunks of ``chunk`` channels, so besides the (B, C, *S) input gradient only chunk-sized
+    temporaries are needed.
+    """
+
+    @staticmethod
+    def forward(ctx, z, gamma, beta, weight, bias, eps: float, chunk: int):
+        z.relu_()
+        ctx.mark_dirty(z)
+        ctx.set_materialize_grads(False)
+        x = z.flatten(2)
+        var, mean = torch.var_mean(x, dim=(0, 2), unbiased=False)
+        rstd = (var + eps).rsqrt()
+        scale = gamma * rstd
+        y = torch.baddbmm((bias + weight @ (beta - mean * scale))[None, :, None].expand(x.shape[0], -1, -1),
+                          (weight * scale).expand(x.shape[0], -1, -1), x)
+        ctx.save_for_backward(z, mean, rstd, gamma, beta, weight)
+        ctx.eps, ctx.chunk = eps, chunk
+        ctx.mark_non_differentiable(mean, var)
+        return y, mean, var, z
+
+    @staticmethod
+    def backward(ctx, gy, _gmean, _gvar, _gz_out):
+        if gy is None:  # y unused
+            return None, None, None, None, None, None, None
+        z, mean, rstd, gamma, beta, weight = ctx.saved_tensors
+        x = z.flatten(2)  # (B, C, N), already through the ReLU
+        scale = gamma * rstd  # BatchNorm output = scale * x + shift
+        shift = beta - mean * scale
+        gweight = torch.bmm(gy, x.transpose(1, 2)).sum(0) * scale + gy.sum(dim=(0, 2))[:, None] * shift
+        gx = torch.bmm(weight.T.expand(x.shape[0], -1, -1), gy)  # at the BatchNorm output; made the input grad in place
+        ggamma, gbeta = torch.empty_like(gamma), torch.empty_like(beta)
+        for start in range(0, x.shape[1], ctx.chunk):
+            c = slice(start, start + ctx.chunk)
+            gin, ggamma[c], gbeta[c] = torch.ops.aten.native_batch_norm_backward(
+                gx[:, c], x[:, c], gamma[c], None, None, mean[c], rstd[c], True, ctx.eps, [True, True, True])
+            gx[:, c] = torch.ops.aten.threshold_backward(gin, x[:, c], 0)  # through the ReLU
+        return gx.view_as(z), ggamma, gbeta, gweight, gy.sum(dim=(0, 2)), None, None
 
 
 class PixelMLPHead(nn.Module):
@@ -125,13 +183,38 @@ class PixelMLPHead(nn.Module):
         return self.first_bias.view(1, -1, *([1] * (z.ndim - 2)))
 
     def forward(self, features: Sequence[torch.Tensor], size: Sequence[int]) -> torch.Tensor:
-        norm = feature_norm(features, size)
-        z = None
+        # The first layer, the division by the norm and the bias all commute with bilinear upsampling (its weights
+        # sum to 1), so they run at native size; taps of equal size are summed first and upsampled once.
+        scale = 1.0 / feature_norm(features, size).view(-1, *([1] * (features[0].ndim - 1)))
+        by_size: dict[tuple[int, ...], torch.Tensor] = {}
         for f, layer in zip(features, self.first):
-            zi = upsample(layer(f), size)
-            z = zi if z is None else z + zi
-        z = z / norm.view(-1, *([1] * (z.ndim - 1))) + self._bias(z)
-        return self.rest(z)
+            key = tuple(f.shape[2:])
+            by_size[key] = layer(f) if key not in by_size else by_size[key] + layer(f)
+        z = None
+        for zs in by_size.values():
+            if z is None:  # the bias goes in once; z is fresh and no backward needs it, so it is added to in place
+                z = upsample(zs * scale + self._bias(zs), size)
+            else:
+                z.add_(upsample(zs * scale, size))
+        return self._mlp(z)
+
+    def _mlp(self, z: torch.Tensor) -> torch.Tensor:
+        """``self.rest(z)``; when training with gradients, its first ReLU-BatchNorm-Linear runs as one autograd
+        function that keeps a single full-resolution activation (same numbers, same running statistics). ``z`` must
+        be a fresh tensor: its ReLU is taken in place."""
+        bn, lin = self.rest[1], self.rest[2]
+        fused = self.training and torch.is_grad_enabled() and bn.track_running_stats
+        if not fused or torch.is_autocast_enabled(z.device.type):
+            return self.rest(z)
+        b, c, *spatial = z.shape
+        y, mean, var, _ = _ReluBatchNormLinear.apply(z, bn.weight, bn.bias, lin.weight.flatten(1), lin.bias, bn.eps, 16)
+        with torch.no_grad():  # nn.BatchNorm's running-statistics update
+            bn.num_batches_tracked.add_(1)
+            momentum = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+            n = var.new_tensor(b * z[0, 0].numel())
+            bn.running_mean.lerp_(mean, momentum)
+            bn.running_var.lerp_(var * n / (n - 1).clamp_min(1), momentum)
+        return self.rest[3:](y.view(b, -1, *spatial))
 
     def forward_materialized(self, cat: torch.Tensor) -> torch.Tensor:
         """cat: (B, D, *size) normalised concatenation -> (B, num_classes, *size); the reference's memory path."""
