@@ -252,19 +252,28 @@ def bench_masking(cfg: Config) -> dict:
     for k, fn in fns.items():
         reps = cfg.mask_reps if k == "mdm_med add_noise" else 2  # the loops are slow (thousands of tiny writes)
         times[k] = min(_time(fn, dev, reps))
-    ours = times["mdm_med add_noise"]
-    ratio = times["loop, patch by patch"] / ours
+    # the same masking written into an existing buffer: what add_noise costs without a fresh output allocation
+    # (on CPU, first-touch page faults of a new 50 MB tensor can cost more than the masking itself)
+    buf, zero = torch.empty_like(x0), torch.zeros((), device=dev)
+    kernel = min(_time(lambda: torch.where(proc._pixel_keep(x0, t, gdev), x0, zero, out=buf), dev, cfg.mask_reps))
+    ours, loop = times["mdm_med add_noise"], times["loop, patch by patch"]
+    ratio = loop / ours
     rows = [[k, v * 1e3, times[k] / ours if k != "mdm_med add_noise" else 1.0,
              f"{counts[k].sum().item()} / {expected.sum().item()}"] for k, v in times.items()]
+    rows.append(["add_noise's mask + where into a reused output buffer", kernel * 1e3, kernel / ours, "-"])
     detail = (f"Batch {b} x 3 x {size} x {size}, patch {p} (L = {num_patches}), t ~ U{{0..{T - 1}}}, device {dev}.\n\n"
-              + _table(["implementation", "ms / batch (best)", "x slower than add_noise",
+              + _table(["implementation", "ms / batch (best)", "time / add_noise",
                         "masked patches (got / rule)"], rows)
               + f"\n\nChecks: keep rule `int(L * (1 - t/T))` equal for all {T} t: **{rule_ok}**; per-sample masked "
               f"patch counts equal for all three: **{counts_ok}**; add_noise == x0 * keep_mask + v (1 - keep_mask) "
-              f"with the same draw: **{formula_ok}**.")
+              f"with the same draw: **{formula_ok}**. The reused-buffer row (same work, no new output tensor) is the "
+              f"masking itself: {loop / kernel:.0f}x faster than the patch loop.")
     summary = [["1. masking: add_noise vs reference loop (patch by patch)", f"{ours * 1e3:.2f} ms",
-                f"{times['loop, patch by patch'] * 1e3:.1f} ms", f"{ratio:.1f}x faster",
-                f">= {TARGETS['mask']:.0f}x", _met(ratio >= TARGETS["mask"])]]
+                f"{loop * 1e3:.1f} ms", f"{ratio:.1f}x faster", f">= {TARGETS['mask']:.0f}x",
+                _met(ratio >= TARGETS["mask"])],
+               ["1. masking, output buffer reused (no fresh B x 3 x H x W allocation)", f"{kernel * 1e3:.2f} ms",
+                f"{loop * 1e3:.1f} ms", f"{loop / kernel:.1f}x faster", f">= {TARGETS['mask']:.0f}x",
+                _met(loop / kernel >= TARGETS["mask"])]]
     return dict(summary=summary, detail=detail, ok=rule_ok and counts_ok and formula_ok, ratio=ratio,
                 counts_ok=counts_ok, rule_ok=rule_ok, formula_ok=formula_ok)
 
