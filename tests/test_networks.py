@@ -117,3 +117,26 @@ def test_finetune_weight_transfer(tmp_path):
     torch.save({"state_dict": build_unet("cpu").state_dict()}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="do not fit"):
         SegmentationUNet("tiny", pretrained=str(tmp_path / "other.pt"), pretrained_key="state_dict")
+
+
+def test_head_batchnorm_running_stats_start_from_the_first_batch():
+    """The first training batch sets the running statistics exactly (tiny-variance inputs), on the fused path and
+    the plain path alike; later batches follow momentum max(0.1, 1/n)."""
+    torch.manual_seed(0)
+    feats = [torch.randn(4, 8, 8, 8) * 1e-4, torch.randn(4, 4, 16, 16) * 1e-4]
+    fused, plain = PixelMLPHead([8, 4], 2), PixelMLPHead([8, 4], 2)
+    plain.load_state_dict(fused.state_dict())
+    fused.train()
+    plain.train()
+    fused(feats, (16, 16)).sum().backward()  # fused ReLU-BN-Linear path (grad enabled)
+    with torch.no_grad():
+        plain(feats, (16, 16))  # nn.BatchNorm path
+    bn = fused.rest[1]
+    for a, b in zip(fused.state_dict().values(), plain.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-12)
+    assert bn.running_var.max() < 1e-3, "running variance still carries the initial 1"
+    assert int(bn.num_batches_tracked) == 1
+    assert fused._warm_momentum(bn) == 0.5 and plain._warm_momentum(plain.rest[1]) == 0.5
+    for _ in range(20):
+        fused(feats, (16, 16))
+    assert fused._warm_momentum(bn) == 0.1

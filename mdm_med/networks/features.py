@@ -161,7 +161,12 @@ class PixelMLPHead(nn.Module):
     first layer runs per tap at native resolution. ``forward_materialized(cat)`` takes the (B, D, *size)
     normalised concatenation instead and gives the same logits.
     Weights ~ N(0, 0.02), biases 0. Hidden sizes (128, 32), or (256, 128) for 30+ classes.
+    BatchNorm running statistics use momentum ``max(bn_momentum, 1/n)`` at the n-th training batch: the first batch
+    sets them exactly (the first BatchNorm's inputs have a variance of ~1e-9, which an update from the default
+    running variance of 1 at momentum 0.1 would take ~200 batches to forget), later batches follow an EMA.
     """
+
+    bn_momentum = 0.1
 
     def __init__(self, in_channels: Sequence[int], num_classes: int, spatial_dims: int = 2,
                  hidden: Sequence[int] | None = None):
@@ -178,6 +183,16 @@ class PixelMLPHead(nn.Module):
                 nn.init.normal_(m.weight, 0.0, 0.02)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.register_forward_pre_hook(self._warm_momentum_hook)
+
+    def _warm_momentum(self, bn: nn.Module) -> float:
+        """Momentum of the next running-statistics update of ``bn``: max(bn_momentum, 1 / (batches seen + 1))."""
+        return max(self.bn_momentum, 1.0 / (float(bn.num_batches_tracked) + 1.0))
+
+    def _warm_momentum_hook(self, bn: nn.Module, _inputs) -> None:
+        if bn.training and bn.track_running_stats:
+            bn.momentum = self._warm_momentum(bn)
 
     def _bias(self, z: torch.Tensor) -> torch.Tensor:
         return self.first_bias.view(1, -1, *([1] * (z.ndim - 2)))
@@ -208,9 +223,9 @@ class PixelMLPHead(nn.Module):
             return self.rest(z)
         b, c, *spatial = z.shape
         y, mean, var, _ = _ReluBatchNormLinear.apply(z, bn.weight, bn.bias, lin.weight.flatten(1), lin.bias, bn.eps, 16)
-        with torch.no_grad():  # nn.BatchNorm's running-statistics update
+        with torch.no_grad():  # nn.BatchNorm's running-statistics update, with the warm momentum
+            momentum = self._warm_momentum(bn)
             bn.num_batches_tracked.add_(1)
-            momentum = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
             n = var.new_tensor(b * z[0, 0].numel())
             bn.running_mean.lerp_(mean, momentum)
             bn.running_var.lerp_(var * n / (n - 1).clamp_min(1), momentum)
