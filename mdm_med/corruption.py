@@ -49,6 +49,12 @@ class _PatchMaskingBase:
         self.mask_value = mask_value
         self.num_train_timesteps = int(num_train_timesteps)
 
+    def __repr__(self) -> str:
+        """The class and its settings (recorded with runs and compared before reusing a pretrained checkpoint)."""
+        keys = [k for k in ("mask_ratio", "fixed_timestep") if hasattr(self, k)]
+        args = [f"{k}={getattr(self, k)!r}" for k in ("patch_size", "mask_value", "num_train_timesteps", *keys)]
+        return f"{type(self).__name__}({', '.join(args)})"
+
     def _patch_grid(self, spatial: Sequence[int]) -> tuple[int, ...]:
         ps = (self.patch_size,) * len(spatial) if isinstance(self.patch_size, int) else tuple(self.patch_size)
         if len(ps) != len(spatial):
@@ -160,6 +166,10 @@ class GaussianDiffusion:
     def __init__(self, num_train_timesteps: int = 1000, schedule: str = "linear_beta", **schedule_args):
         self.scheduler = DDPMScheduler(num_train_timesteps=num_train_timesteps, schedule=schedule, **schedule_args)
         self.num_train_timesteps = int(num_train_timesteps)
+        self._settings = {"num_train_timesteps": self.num_train_timesteps, "schedule": schedule, **schedule_args}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self._settings.items())})"
 
     def sample_timesteps(self, batch_size, device="cpu", generator=None):
         return torch.randint(0, self.num_train_timesteps, (batch_size,), generator=generator, device=device)

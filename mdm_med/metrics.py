@@ -13,7 +13,7 @@ import torch
 from monai.handlers import IgniteMetricHandler
 from monai.metrics import CumulativeIterationMetric, DiceMetric
 
-__all__ = ["PaperIoUMetric", "PaperIoU"]
+__all__ = ["PaperIoUMetric", "PaperIoU", "class_output"]
 
 
 class PaperIoUMetric(CumulativeIterationMetric):
@@ -42,3 +42,18 @@ class PaperIoU(IgniteMetricHandler):
                  save_details: bool = False):
         super().__init__(metric_fn=PaperIoUMetric(include_background), output_transform=output_transform,
                          save_details=save_details)
+
+
+def class_output(class_index: int, keys: tuple[str, str] = ("pred", "label")) -> Callable:
+    """Output transform for a per-class metric: from ``engine.state.output`` (list of dicts with one-hot
+    ``(C, *S)`` tensors under ``keys``) take channels ``[0, class_index]``, so a metric with
+    ``include_background=False`` scores class ``class_index`` alone. Returns ``(preds, labels)`` lists."""
+    from monai.handlers import from_engine
+
+    pick = from_engine(list(keys))
+
+    def transform(output):
+        preds, labels = pick(output)
+        return [p[[0, class_index]] for p in preds], [y[[0, class_index]] for y in labels]
+
+    return transform

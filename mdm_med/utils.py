@@ -106,10 +106,19 @@ def publish_model(ckpt_path: str, models_dir: str, settings: dict) -> str:
     return dst
 
 
-def model_setting(models_dir: str, key: str, default):
-    """One entry of ``models_dir/model_settings.json`` (written by ``publish_model``), or ``default``."""
+_REQUIRED = object()
+
+
+def model_setting(models_dir: str, key: str, default=_REQUIRED):
+    """One entry of ``models_dir/model_settings.json`` (written by ``publish_model``), or ``default``; without a
+    default, a missing file or key raises ``FileNotFoundError`` / ``KeyError`` saying to train and publish first."""
     path = os.path.join(models_dir, MODEL_SETTINGS)
     if not os.path.isfile(path):
+        if default is _REQUIRED:
+            raise FileNotFoundError(f"{path} not found: train the bundle with publish=true first")
         return default
     with open(path) as f:
-        return json.load(f).get(key, default)
+        settings = json.load(f)
+    if key not in settings and default is _REQUIRED:
+        raise KeyError(f"{path} has no {key!r}; it was written by another version: train and publish again")
+    return settings.get(key, default)

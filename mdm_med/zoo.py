@@ -7,7 +7,8 @@ from collections.abc import Sequence
 
 import torch.distributed as dist
 
-__all__ = ["world_size", "rank", "rank_batch_size", "writer_types", "rank_handlers"]
+__all__ = ["world_size", "rank", "rank_batch_size", "writer_types", "rank_handlers", "init_process_group",
+           "destroy_process_group", "barrier", "data_parallel", "eval_sampler"]
 
 
 def world_size() -> int:
@@ -50,3 +51,46 @@ def rank_handlers(handlers: Sequence | None, on_rank: int | None = None) -> list
         return handlers
     writers = writer_types()
     return [h for h in handlers if not isinstance(h, writers)]
+
+
+def init_process_group(device) -> None:
+    """Start the process group of a ``torchrun`` launch (NCCL on CUDA, gloo on CPU) and bind the CUDA device."""
+    import torch
+
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if torch.device(device).type == "cuda" else "gloo")
+    if torch.device(device).type == "cuda":
+        torch.cuda.set_device(device)
+
+
+def destroy_process_group() -> None:
+    """End the process group, if one was started."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    """Wait for every process; nothing without a process group."""
+    if world_size() > 1:
+        dist.barrier()
+
+
+def data_parallel(network):
+    """``network`` wrapped in DistributedDataParallel when a process group runs, else ``network`` itself. The
+    module's parameters are shared, so handlers holding ``network`` see the trained weights."""
+    if world_size() == 1:
+        return network
+    from torch.nn.parallel import DistributedDataParallel
+
+    device = next(network.parameters()).device
+    return DistributedDataParallel(network, device_ids=[device] if device.type == "cuda" else None)
+
+
+def eval_sampler(dataset):
+    """A sampler giving each process its own share of an evaluation set (no padding, no shuffling), or ``None``
+    (the DataLoader's default order) without a process group."""
+    if world_size() == 1:
+        return None
+    from monai.data import DistributedSampler
+
+    return DistributedSampler(dataset, even_divisible=False, shuffle=False)

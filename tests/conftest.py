@@ -20,3 +20,10 @@ def tiny_glas(tmp_path_factory):
 
     return str(generate_glas_demo(tmp_path_factory.mktemp("glas") / "data", num_train=10, num_test=3,
                                   size=(64, 96), seed=1))
+
+
+@pytest.fixture(autouse=True)
+def _run_from_repo_root(monkeypatch):
+    """Bundle configs include the shared recipe with MONAI macros (``%bundles/recipe/...``), which MONAI resolves
+    from the current directory: every test runs from the repository root, as users do."""
+    monkeypatch.chdir(ROOT)

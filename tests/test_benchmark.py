@@ -13,7 +13,7 @@ import pytest
 
 from mdm_med.benchmark import aggregate, cell_run_list, load_profile, markdown_report, plan_cells, select_on_validation
 from mdm_med.benchmark.__main__ import main
-from mdm_med.benchmark.runner import VAL_SUMMARY, BenchmarkRunner, default_bundle_dir, fingerprint
+from mdm_med.benchmark.runner import VAL_SUMMARY, BenchmarkRunner, default_bundle_dir, fingerprint, resolved_config
 
 REPO = Path(__file__).resolve().parents[1]
 CPU_PROFILE = REPO / "benchmarks" / "glas_cpu.yaml"
@@ -59,7 +59,7 @@ def test_paper_profile_extends_cpu_methods():
     ov = paper.bundle_overrides
     assert ov["patch_size"] == 8 and ov["image_scale"] == 1.0
     # the paper's 10k steps at batch 128, as micro-batches with gradient accumulation (one H100 holds 16)
-    acc = ov["pretrain#trainer#accumulation_steps"]
+    acc = ov["pretrain_accumulation_steps"]
     assert ov["pretrain_batch_size"] * acc == 128 and ov["pretrain_iterations"] == 10000 * acc
     assert ov["epoch_length"] % acc == 0
     assert len(paper.seeds) >= 3 and paper.fractions == (0.05, 0.1, 0.25, 0.5, 1.0)
@@ -77,7 +77,7 @@ def test_profile_rejects_budget_overrides_and_bad_fractions():
 
 
 def test_cell_run_list_on_the_bundle():
-    bundle_run = json.loads((BUNDLE / "configs" / "train.json").read_text())["run"]
+    bundle_run = resolved_config(BUNDLE / "configs" / "train.json", BUNDLE.parents[1])["run"]
     pre = cell_run_list(bundle_run, pretrained=True)
     none = cell_run_list(bundle_run, pretrained=False)
     for steps in (pre, none):
@@ -94,7 +94,7 @@ def test_cell_overrides(tmp_path):
     runner = BenchmarkRunner(p, tmp_path / "data", tmp_path / "out", log=lambda *a: None)
     cells = {c.name: c for c in plan_cells(p, fractions=[0.1], seeds=[1])}
     pre = runner.overrides(cells["pretrain__mae"])
-    assert pre["pretrain#corruption"]["_target_"] == "mdm_med.corruption.FixedRatioMasking"
+    assert pre["pretrain_corruption"]["_target_"] == "mdm_med.corruption.FixedRatioMasking"
     assert pre["pretrained_checkpoint"] == str(tmp_path / "out" / "pretrain" / "mae" / "pretrained.pt")
     assert pre["pretrain_method"] == "mae" and "run" not in pre  # pretraining uses pretrain.json's own run list
     assert pre["bundle_root"] == str(tmp_path / "out")
@@ -110,7 +110,7 @@ def test_cell_overrides(tmp_path):
     rand = runner.overrides(cells["random_features__head__f0.1__s1"])
     assert rand["seg_mode"] == "head" and rand["seg_pretrained"] is None
     assert scratch["output_dir"] == str(tmp_path / "out" / "cells" / "scratch__finetune__f0.1__s1")
-    assert "test#evaluator#additional_metrics#test_object_f1" in scratch
+    assert "test_metrics#test_object_f1" in scratch
     # the fingerprint ignores paths that follow --out, not settings
     moved = dict(scratch, output_dir="/elsewhere", run=[])
     assert fingerprint(moved) == fingerprint(scratch) != fingerprint(dict(scratch, seed=2))

@@ -94,9 +94,13 @@ def test_bad_files_named_before_compute(tmp_path):
 
 
 def test_demo_fallback_is_announced(tmp_path, caplog):
-    folder, is_demo = resolve_glas_dir(str(tmp_path / "nope"), tmp_path / "demo", num_train=4, num_test=2,
-                                       size=(32, 48))
-    assert is_demo and "SYNTHETIC" in caplog.text and "nope" in caplog.text
+    folder, is_demo = resolve_glas_dir("", tmp_path / "demo", num_train=4, num_test=2, size=(32, 48))
+    assert is_demo and "SYNTHETIC" in caplog.text
+    with pytest.raises(FileNotFoundError, match="nope.*does not exist"):  # a wrong path is an error, not the demo
+        resolve_glas_dir(str(tmp_path / "nope"), tmp_path / "demo")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="empty.*holds no GlaS images"):
+        resolve_glas_dir(str(tmp_path / "empty"), tmp_path / "demo")
     assert len(scan_glas(folder)["train"]) == 4
     make_layout(tmp_path / "real") if (tmp_path / "real").mkdir() is None else None
     assert resolve_glas_dir(str(tmp_path / "real"), tmp_path / "demo") == (str(tmp_path / "real"), False)

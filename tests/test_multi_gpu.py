@@ -99,7 +99,7 @@ def test_bundle_multi_gpu_config_runs_under_torchrun(tmp_path, tiny_glas):
     env = {**os.environ, **_loopback_env(port), "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
     try:
-        proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=420,
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=420,
                               start_new_session=True)
     except subprocess.TimeoutExpired:
         pytest.fail("torchrun of the multi-GPU bundle config did not finish in 420 s")

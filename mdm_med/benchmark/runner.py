@@ -38,7 +38,7 @@ import yaml
 
 from mdm_med.data.datalist import DEFAULT_FRACTIONS, write_json_atomic
 
-__all__ = ["Cell", "Profile", "load_profile", "plan_cells", "cell_run_list", "run_benchmark", "default_bundle_dir",
+__all__ = ["Cell", "Profile", "load_profile", "plan_cells", "cell_run_list", "resolved_config", "run_benchmark", "default_bundle_dir",
            "PROTOCOLS", "BUDGET_KEYS", "OBJECT_METRICS"]
 
 PROTOCOLS = {"head": "head", "finetune": "finetune"}  # protocol -> the bundle's seg_mode
@@ -260,6 +260,20 @@ def cell_run_list(bundle_run: Sequence, pretrained: bool) -> list:
     return out
 
 
+def resolved_config(path: str | os.PathLike, repo_root: str | os.PathLike) -> dict:
+    """A bundle config with its MONAI macros (``%bundles/recipe/...``, relative to the repository root) resolved;
+    expressions and references are left as text."""
+    import contextlib
+
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    with contextlib.chdir(repo_root):
+        parser.read_config(str(Path(path).resolve()))
+        parser.resolve_macro_and_relative_ids()
+    return parser.get()
+
+
 def fingerprint(overrides: dict) -> str:
     kept = {k: v for k, v in overrides.items() if k not in FINGERPRINT_IGNORE}
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -318,8 +332,7 @@ class BenchmarkRunner:
         self.verbose = verbose
         self.log = log
         self.repo_root = Path(__file__).resolve().parents[2]
-        with open(self.bundle_dir / "configs" / "train.json") as f:
-            self.bundle_run = json.load(f)["run"]
+        self.bundle_run = resolved_config(self.bundle_dir / "configs" / "train.json", self.repo_root)["run"]
 
     # paths --------------------------------------------------------------------------------------------------
     def pretrain_dir(self, method: Method) -> Path:
@@ -353,7 +366,7 @@ class BenchmarkRunner:
             ov["seg_timestep"] = cell.timestep
         ov.update(common, label_fraction=cell.fraction, seed=cell.seed, output_dir=str(self.work_dir(cell)))
         for name in self.profile.object_metrics:
-            ov[f"test#evaluator#additional_metrics#test_{name}"] = {
+            ov[f"test_metrics#test_{name}"] = {
                 "_target_": OBJECT_METRICS[name], "output_transform": "$monai.handlers.from_engine(['pred', 'label'])"}
         ov["run"] = cell_run_list(self.bundle_run, m.pretrain)
         return ov

@@ -95,15 +95,19 @@ def build_glas_datalist(folder: str | os.PathLike, num_val: int = 8, test_sets: 
 
 def resolve_glas_dir(dataset_dir: str | os.PathLike | None, demo_dir: str | os.PathLike,
                      **demo_kwargs) -> tuple[str, bool]:
-    """``(folder, is_demo)``: ``dataset_dir`` when it holds GlaS images, else the synthetic demo set (generated
-    into ``demo_dir`` if needed) with a loud log line saying so."""
-    if dataset_dir and has_glas_images(dataset_dir):
+    """``(folder, is_demo)``: ``dataset_dir`` when given (it must hold GlaS images: ``FileNotFoundError`` naming it
+    otherwise, never a silent fallback), else the synthetic demo set (generated into ``demo_dir`` if needed) with a
+    loud log line saying so."""
+    if dataset_dir:
+        if not has_glas_images(dataset_dir):
+            what = "does not exist" if not os.path.isdir(dataset_dir) else "holds no GlaS images (train_N.bmp/png)"
+            raise FileNotFoundError(f"dataset_dir {dataset_dir} {what}; pass a GlaS folder, or no dataset_dir for "
+                                    "the built-in demo data")
         return str(dataset_dir), False
     from mdm_med.data.synthetic import generate_glas_demo
 
-    where = f"'{dataset_dir}' holds no GlaS images" if dataset_dir else "no dataset_dir was given"
     logger.warning(
-        "DEMO DATA: %s, so this run uses the built-in SYNTHETIC histology set in %s. Results on it say nothing "
-        "about real data. To use real GlaS, pass --dataset_dir /path/to/glas (train_N.bmp/png + train_N_anno.*).",
-        where, demo_dir)
+        "DEMO DATA: no dataset_dir was given, so this run uses the built-in SYNTHETIC histology set in %s. Results "
+        "on it say nothing about real data. To use real GlaS, pass --dataset_dir /path/to/glas "
+        "(train_N.bmp/png + train_N_anno.*).", demo_dir)
     return str(generate_glas_demo(demo_dir, **demo_kwargs)), True

@@ -23,21 +23,26 @@ class LoadHistologyd(MapTransform):
 
     Output (MONAI's 2-D convention, spatial axes (W, H) as ``PILReader`` gives them):
     ``image_key`` -> float32 MetaTensor (3, W, H) in [0, 255] (an alpha channel is dropped);
-    ``label_key`` -> float32 MetaTensor (1, W, H) with values {0, 1} (instance ids and 255 binarised by > 0).
+    ``label_key`` -> float32 MetaTensor (1, W, H) with values {0, 1} (instance ids and 255 binarised by > 0);
+    ``instance_key`` (only when listed in ``keys``) -> int64 MetaTensor (1, W, H) with the ids as stored
+    (8- or 16-bit PNG, e.g. MoNuSeg's ``instancesTr/``; 0 background).
 
-    Raises ``ValueError`` naming the file for unreadable/corrupt files, a wrong channel count, NaNs, and an
-    image/mask size mismatch (naming both files).
+    Raises ``ValueError`` naming the file for unreadable/corrupt files, a wrong channel count, NaNs, non-integer
+    or negative instance ids, and an image/mask size mismatch (naming both files).
     """
 
     def __init__(self, keys: KeysCollection = ("image", "label"), image_key: str = "image",
-                 label_key: str | None = "label", allow_missing_keys: bool = False):
+                 label_key: str | None = "label", allow_missing_keys: bool = False,
+                 instance_key: str | None = "instance"):
         super().__init__(keys, allow_missing_keys)
-        self.image_key, self.label_key = image_key, label_key
+        self.image_key, self.label_key, self.instance_key = image_key, label_key, instance_key
         self.loader = LoadImage(reader="PILReader", image_only=True, ensure_channel_first=True, dtype=np.float32)
+        # Instance maps keep the file's integer type (uint8/uint16 PNGs load as integers, no float round trip).
+        self.int_loader = LoadImage(reader="PILReader", image_only=True, ensure_channel_first=True, dtype=None)
 
-    def _load(self, path) -> MetaTensor:
+    def _load(self, path, loader: LoadImage | None = None) -> MetaTensor:
         try:
-            return self.loader(path)
+            return (loader or self.loader)(path)
         except Exception as err:  # noqa: BLE001 - re-raised with the file name
             raise ValueError(f"cannot read image file {path}: {err}") from err
 
@@ -45,11 +50,13 @@ class LoadHistologyd(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             if isinstance(d[key], (str, bytes)) or hasattr(d[key], "__fspath__"):
-                d[key] = self._load(d[key])
+                d[key] = self._load(d[key], self.int_loader if key == self.instance_key else None)
             x = d[key]
             if torch.isnan(torch.as_tensor(x)).any():
                 raise ValueError(f"{_name(x)}: contains NaN values")
-            if key == self.label_key:
+            if key == self.instance_key:
+                d[key] = _instance_map(x)
+            elif key == self.label_key:
                 if x.shape[0] > 1:
                     if not bool((x == x[:1]).all()):
                         raise ValueError(f"{_name(x)}: mask has {x.shape[0]} different channels, expected one")
@@ -61,12 +68,27 @@ class LoadHistologyd(MapTransform):
                 if x.shape[0] != 3:
                     raise ValueError(f"{_name(x)}: image has {x.shape[0]} channel(s), expected RGB (3)")
                 d[key] = x
-        if self.label_key in d and self.image_key in d and not isinstance(d[self.label_key], (str, bytes)):
-            img, lab = d[self.image_key], d[self.label_key]
-            if tuple(img.shape[1:]) != tuple(lab.shape[1:]):
-                raise ValueError(f"image/mask size mismatch: {_name(img)} is {tuple(img.shape[1:])} but "
-                                 f"{_name(lab)} is {tuple(lab.shape[1:])}")
+        for mask_key in (self.label_key, self.instance_key):
+            if mask_key in d and self.image_key in d and not isinstance(d[mask_key], (str, bytes)):
+                img, lab = d[self.image_key], d[mask_key]
+                if tuple(img.shape[1:]) != tuple(lab.shape[1:]):
+                    raise ValueError(f"image/mask size mismatch: {_name(img)} is {tuple(img.shape[1:])} but "
+                                     f"{_name(lab)} is {tuple(lab.shape[1:])}")
         return d
+
+
+def _instance_map(x) -> torch.Tensor:
+    """(C, *spatial) ids -> int64 (1, *spatial); identical channels are collapsed, ids must be integers >= 0."""
+    x = x if isinstance(x, torch.Tensor) else torch.as_tensor(x)
+    if x.shape[0] > 1:
+        if not bool((x == x[:1]).all()):
+            raise ValueError(f"{_name(x)}: instance map has {x.shape[0]} different channels, expected one")
+        x = x[:1]
+    if torch.is_floating_point(x) and not bool((x == torch.round(x)).all()):
+        raise ValueError(f"{_name(x)}: instance map holds non-integer values")
+    if bool((x < 0).any()):
+        raise ValueError(f"{_name(x)}: instance map holds negative ids")
+    return x.to(torch.int64)
 
 
 def check_items(items: Sequence[dict], keys: Sequence[str] = ("image", "label"), what: str = "dataset") -> None:

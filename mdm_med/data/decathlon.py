@@ -1,0 +1,177 @@
+"""Medical Segmentation Decathlon layout: scanning, validation and a fixed train/val/test datalist.
+
+Layout read: ``ROOT/imagesTr/*.nii.gz``, ``ROOT/labelsTr/*.nii.gz``, optionally ``ROOT/dataset.json`` and
+``ROOT/imagesTs/*.nii.gz`` (macOS ``._*`` and other hidden files are ignored). Images and labels pair by file name.
+
+Decathlon test labels are not public, so ``validation`` and ``test`` are carved from the labelled cases
+(default 70/10/20, seeded permutation of the sorted case names, see ``mdm_med.data.radiology.split_cases``).
+``label_fractions`` holds nested prefixes of the training list (natural order), as id lists keyed ``f"{f:g}"``
+("0.05" ... "1"; read them with ``mdm_med.data.datalist.labelled_subset``); every entry has an ``id``;
+``unlabeled`` lists ``imagesTs`` (useful for self-supervised pretraining). ROOT is stored as ``source``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from mdm_med.data.radiology import DEFAULT_LABEL_FRACTIONS, make_split_datalist, read_image_shape
+
+__all__ = [
+    "NIFTI_ENDINGS",
+    "case_name",
+    "list_nifti",
+    "build_decathlon_datalist",
+    "has_decathlon_images",
+    "resolve_decathlon_dir",
+]
+
+logger = logging.getLogger(__name__)
+
+NIFTI_ENDINGS = (".nii.gz", ".nii")
+
+
+def case_name(filename: str) -> str:
+    """``"la_003.nii.gz" -> "la_003"``."""
+    for ending in NIFTI_ENDINGS:
+        if filename.endswith(ending):
+            return filename[: -len(ending)]
+    return filename
+
+
+def list_nifti(folder: str | os.PathLike) -> dict[str, Path]:
+    """``{case: path}`` of the NIfTI files in ``folder`` (hidden and macOS ``._`` files ignored; ``{}`` if missing)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return {}
+    return {
+        case_name(p.name): p
+        for p in sorted(folder.iterdir())
+        if p.is_file() and not p.name.startswith(".") and p.name.endswith(NIFTI_ENDINGS)
+    }
+
+
+def _dataset_info(meta: dict[str, Any]) -> dict[str, Any]:
+    """Normalise MSD ``dataset.json`` fields: ``modality {"0": "CT"}`` -> ``channel_names``,
+    ``labels {"0": "background", "1": "x"}`` -> ``{"background": 0, "x": 1}`` (nnU-Net v2 style)."""
+    info: dict[str, Any] = {"format": "decathlon"}
+    if isinstance(meta.get("modality"), dict):
+        info["channel_names"] = {str(k): str(v) for k, v in meta["modality"].items()}
+    if isinstance(meta.get("labels"), dict):
+        try:
+            items = sorted((int(value), str(name)) for value, name in meta["labels"].items())
+            info["labels"] = {("background" if value == 0 else name): value for value, name in items}
+        except ValueError:  # not the MSD {"0": "background", ...} form: keep it as is
+            info["labels"] = meta["labels"]
+    return info
+
+
+def build_decathlon_datalist(
+    root: str | os.PathLike,
+    val_frac: float = 0.1,
+    test_frac: float = 0.2,
+    seed: int = 0,
+    fractions: tuple[float, ...] = DEFAULT_LABEL_FRACTIONS,
+    check_shapes: bool = True,
+    progress: bool = False,
+    absolute: bool = True,
+) -> dict[str, Any]:
+    """Scan a Decathlon task folder and return the datalist dict (see module docstring).
+
+    Entry paths are absolute when ``absolute`` (what bundles need), else relative to ``root`` (posix, as
+    ``data_prep/decathlon.py`` writes them). With ``check_shapes`` the headers of every pair must agree on
+    the spatial shape ``(X, Y, Z)`` and labels must be 3-D. Raises ``FileNotFoundError`` when ``root`` does not
+    exist and one ``ValueError`` listing every problem found (image without label, label without image,
+    shape mismatch, entries of ``dataset.json`` missing on disk, unreadable headers), files named relative
+    to ``root``.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"Decathlon folder not found: {root}")
+    base = root.resolve()
+    meta: dict[str, Any] = {}
+    meta_path = root / "dataset.json"
+    if meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+    else:
+        logger.warning("%s not found, using the files on disk only", meta_path)
+
+    images, labels = list_nifti(root / "imagesTr"), list_nifti(root / "labelsTr")
+    problems: list[str] = []
+    if not images:
+        problems.append(f"no NIfTI images in {root / 'imagesTr'}")
+    for case in sorted(set(images) - set(labels)):
+        problems.append(f"image without label: {images[case].relative_to(root)}")
+    for case in sorted(set(labels) - set(images)):
+        problems.append(f"label without image: {labels[case].relative_to(root)}")
+    for entry in meta.get("training", []):
+        for key in ("image", "label"):
+            rel = entry.get(key) if isinstance(entry, dict) else None
+            if rel and not Path(rel).name.startswith(".") and not (root / rel).is_file():
+                problems.append(f"dataset.json lists missing file: {rel}")
+
+    paired = sorted(set(images) & set(labels))
+    if check_shapes:
+        for case in tqdm(paired, desc="checking headers", disable=not progress):
+            img_p, lab_p = images[case], labels[case]
+            try:
+                img_shape, lab_shape = read_image_shape(img_p), read_image_shape(lab_p)
+            except Exception as e:  # noqa: BLE001 - report any unreadable header among the problems
+                problems.append(f"cannot read header of {img_p.relative_to(root)} or {lab_p.relative_to(root)}: {e}")
+                continue
+            if img_shape[:3] != lab_shape[:3] or len(lab_shape) != 3:
+                problems.append(
+                    f"shape mismatch: {img_p.relative_to(root)} {img_shape} vs {lab_p.relative_to(root)} {lab_shape}"
+                )
+    if problems:
+        raise ValueError(f"{len(problems)} problem(s) in {root}:\n  " + "\n  ".join(problems))
+
+    def where(path: Path) -> str:
+        rel = path.relative_to(root)
+        return str(base / rel) if absolute else rel.as_posix()
+
+    cases = {c: {"image": where(images[c]), "label": where(labels[c])} for c in paired}
+    datalist = {
+        "name": meta.get("name", base.name),
+        "source": str(base),
+        **make_split_datalist(cases, val_frac=val_frac, test_frac=test_frac, seed=seed, fractions=fractions),
+    }
+    datalist["unlabeled"] = [{"id": c, "image": where(p)} for c, p in list_nifti(root / "imagesTs").items()]
+    datalist["dataset"] = _dataset_info(meta)
+    return datalist
+
+
+def has_decathlon_images(folder: str | os.PathLike) -> bool:
+    """True when ``folder`` exists and ``folder/imagesTr`` holds at least one NIfTI file."""
+    return bool(folder) and Path(folder).is_dir() and bool(list_nifti(Path(folder) / "imagesTr"))
+
+
+def resolve_decathlon_dir(dataset_dir: str | os.PathLike | None, demo_dir: str | os.PathLike,
+                          **demo_kwargs) -> tuple[str, bool]:
+    """``(folder, is_demo)``: ``dataset_dir`` when given, else the synthetic hippocampus demo (generated into
+    ``demo_dir`` if needed, ``demo_kwargs`` go to ``generate_hippocampus_demo``) with a loud log line saying so.
+
+    A given ``dataset_dir`` that does not exist or has no ``imagesTr/*.nii.gz`` raises ``FileNotFoundError``:
+    a typo never silently turns into a run on demo data.
+    """
+    if dataset_dir:
+        folder = Path(dataset_dir)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"dataset_dir '{dataset_dir}' does not exist (expected a Decathlon task folder "
+                                    "with imagesTr/*.nii.gz and labelsTr/*.nii.gz)")
+        if not has_decathlon_images(folder):
+            raise FileNotFoundError(f"dataset_dir '{dataset_dir}' has no NIfTI images in {folder / 'imagesTr'} "
+                                    "(expected imagesTr/*.nii.gz and labelsTr/*.nii.gz)")
+        return str(dataset_dir), False
+    from mdm_med.data.synthetic_volumes import generate_hippocampus_demo
+
+    logger.warning(
+        "DEMO DATA: no dataset_dir was given, so this run uses the built-in SYNTHETIC hippocampus volumes in %s. "
+        "Results on it say nothing about real data. To use real data, pass --dataset_dir /path/to/Task04_Hippocampus "
+        "(imagesTr/*.nii.gz + labelsTr/*.nii.gz).", demo_dir)
+    return str(generate_hippocampus_demo(demo_dir, **demo_kwargs)), True

@@ -1,0 +1,130 @@
+"""MoNuSeg (nuclei) standard layout, as written by ``data_prep/monuseg.py``: scanning, checks and the datalist.
+
+Layout (one folder)::
+
+    imagesTr/NAME.png     RGB uint8           labelsTr/NAME.png  binary 0/255     instancesTr/NAME.png  16-bit ids
+    imagesTs/NAME.png ... the same for the test split
+
+The files are scanned; an existing ``datalist.json`` is not trusted (it may be stale or hand-edited).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from mdm_med.data.datalist import DEFAULT_FRACTIONS, natural_key, nested_label_subsets
+
+__all__ = ["has_monuseg_layout", "scan_monuseg", "build_monuseg_datalist", "resolve_monuseg_dir"]
+
+logger = logging.getLogger(__name__)
+
+_SPLITS = {"training": "Tr", "test": "Ts"}
+_KINDS = ("images", "labels", "instances")  # item keys: image, label, instance
+
+
+def _layout_problems(folder: Path) -> list[str]:
+    """What keeps ``folder`` from being a MoNuSeg layout (empty list: none)."""
+    if not folder.is_dir():
+        return [f"folder {folder} does not exist"]
+    missing = [f"{kind}{sfx}/" for sfx in _SPLITS.values() for kind in _KINDS if not (folder / f"{kind}{sfx}").is_dir()]
+    if missing:
+        return ["missing sub-folder(s) " + ", ".join(missing)]
+    if not _pngs(folder / "imagesTr"):
+        return ["imagesTr/ holds no .png images"]
+    return []
+
+
+def _pngs(folder: Path) -> dict[str, Path]:
+    """{stem: path} of the non-hidden ``.png`` files in ``folder``."""
+    return {p.stem: p for p in sorted(folder.iterdir())
+            if p.is_file() and p.suffix.lower() == ".png" and not p.name.startswith(".")}
+
+
+def has_monuseg_layout(folder: str | os.PathLike) -> bool:
+    """True when ``folder`` has the six ``{images,labels,instances}{Tr,Ts}`` folders and imagesTr holds a PNG."""
+    return not _layout_problems(Path(folder))
+
+
+def scan_monuseg(folder: str | os.PathLike) -> dict[str, list[dict]]:
+    """Items per split, ``{"training": [{"id", "image", "label", "instance"}], "test": [...]}``, natural order.
+
+    Paths are absolute. Raises ``FileNotFoundError`` when the layout is missing and one ``ValueError`` listing
+    every image without its label or instance file, every label/instance file without an image, and every name
+    found in both splits.
+    """
+    folder = Path(folder).resolve()
+    problems = _layout_problems(folder)
+    if problems:
+        raise FileNotFoundError(f"{folder} is not a MoNuSeg layout: {problems[0]}")
+    splits: dict[str, list[dict]] = {}
+    problems = []
+    for split, sfx in _SPLITS.items():
+        found = {kind: _pngs(folder / f"{kind}{sfx}") for kind in _KINDS}
+        images = found["images"]
+        for kind in ("labels", "instances"):
+            problems += [f"{images[n].relative_to(folder)}: no {kind}{sfx}/{n}.png" for n in images
+                         if n not in found[kind]]
+            problems += [f"{found[kind][n].relative_to(folder)}: no images{sfx}/{n}.png"
+                         for n in found[kind] if n not in images]
+        names = sorted((n for n in images if n in found["labels"] and n in found["instances"]), key=natural_key)
+        splits[split] = [{"id": n, "image": str(images[n]), "label": str(found["labels"][n]),
+                          "instance": str(found["instances"][n])} for n in names]
+    both = sorted({d["id"] for d in splits["training"]} & {d["id"] for d in splits["test"]}, key=natural_key)
+    problems += [f"{n}.png is in both imagesTr/ and imagesTs/ (test images must not be trained on)" for n in both]
+    if problems:
+        raise ValueError(f"MoNuSeg folder {folder} is inconsistent ({len(problems)} problem(s)):\n  "
+                         + "\n  ".join(problems))
+    return splits
+
+
+def build_monuseg_datalist(folder: str | os.PathLike, num_val: int = 4, fractions=DEFAULT_FRACTIONS,
+                           fraction_rule: str = "first", seed: int = 0) -> dict:
+    """A MONAI datalist: ``training`` (labelled pool), ``validation``, ``test`` and ``label_fractions``.
+
+    The validation split is the last ``num_val`` training images in natural name order; the test split is
+    ``imagesTs/`` and never enters training or validation. ``label_fractions`` maps "0.1" etc. to nested id
+    lists of the pool, counted on all training images (``label_fraction_counts``: MoNuSeg 30 images -> 10% = 3).
+    Items are ``{"id", "image", "label", "instance"}`` with absolute paths.
+    """
+    splits = scan_monuseg(folder)
+    train, test = splits["training"], splits["test"]
+    if not 0 <= num_val < len(train):
+        raise ValueError(f"num_val={num_val} must be >= 0 and leave training images out of {len(train)} in {folder}")
+    pool, val = train[: len(train) - num_val], train[len(train) - num_val:]
+    if not test:
+        logger.warning("MoNuSeg folder %s has no test images (imagesTs/ is empty)", folder)
+    return {
+        "name": "MoNuSeg",
+        "source": str(Path(folder).resolve()),
+        "training": pool,
+        "validation": val,
+        "test": test,
+        "label_fractions": nested_label_subsets([d["id"] for d in pool], len(train), fractions, fraction_rule, seed),
+        "label_fraction_rule": fraction_rule,
+    }
+
+
+def resolve_monuseg_dir(dataset_dir: str | os.PathLike | None, demo_dir: str | os.PathLike,
+                        **demo_kwargs) -> tuple[str, bool]:
+    """``(folder, is_demo)``.
+
+    An empty/None ``dataset_dir`` selects the synthetic demo set (generated into ``demo_dir`` unless already
+    complete there; ``demo_kwargs`` go to ``generate_monuseg_demo``) with a loud log line. A given
+    ``dataset_dir`` must have the MoNuSeg layout, else ``FileNotFoundError`` (never a silent demo fallback).
+    """
+    if dataset_dir is not None and str(dataset_dir).strip():
+        problems = _layout_problems(Path(dataset_dir))
+        if problems:
+            raise FileNotFoundError(
+                f"dataset_dir {dataset_dir} is not a MoNuSeg layout: {problems[0]}. Convert the challenge download "
+                f"with: python data_prep/monuseg.py --input /path/to/MoNuSeg --output {dataset_dir}")
+        return str(dataset_dir), False
+    from mdm_med.data.synthetic_nuclei import generate_monuseg_demo
+
+    logger.warning(
+        "DEMO DATA: no dataset_dir was given, so this run uses the built-in SYNTHETIC nuclei set in %s. Results on "
+        "it say nothing about real data. To use real MoNuSeg, convert it with data_prep/monuseg.py and pass "
+        "--dataset_dir /path/to/monuseg_std (imagesTr/, labelsTr/, instancesTr/, imagesTs/, ...).", demo_dir)
+    return str(generate_monuseg_demo(demo_dir, **demo_kwargs)), True
