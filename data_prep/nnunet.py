@@ -146,11 +146,12 @@ def read_nnunet_dataset(
         for case in tqdm(complete, desc="checking headers", disable=not progress):
             try:
                 lab_shape = radiology.read_image_shape(labels[case])
-                for ch, p in sorted(images[case].items()):
+                for _ch, p in sorted(images[case].items()):
                     shape = radiology.read_image_shape(p)
                     if shape is not None and lab_shape is not None and tuple(shape[:3]) != tuple(lab_shape[:3]):
                         problems.append(
-                            f"shape mismatch: {p.relative_to(root)} {shape} vs {labels[case].relative_to(root)} {lab_shape}"
+                            f"shape mismatch: {p.relative_to(root)} {shape} vs "
+                            f"{labels[case].relative_to(root)} {lab_shape}"
                         )
             except Exception as e:  # noqa: BLE001 - report unreadable headers with the other problems
                 problems.append(f"cannot read header of case {case}: {e}")

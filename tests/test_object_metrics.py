@@ -279,7 +279,7 @@ def _naive_dice_hd(g, s):
 
 def _random_instances(rng, shape, n):
     lab = np.zeros(shape, np.int32)
-    for k in range(1, n + 1):
+    for _k in range(1, n + 1):
         r, c = rng.integers(0, shape[0] - 3), rng.integers(0, shape[1] - 3)
         h, w = rng.integers(1, 5, size=2)
         lab[r : r + h, c : c + w] = rng.integers(1, 50)  # random ids, may collide / overwrite

@@ -38,7 +38,8 @@ import yaml
 
 from mdm_med.data.datalist import DEFAULT_FRACTIONS, write_json_atomic
 
-__all__ = ["Cell", "Profile", "load_profile", "plan_cells", "cell_run_list", "resolved_config", "run_benchmark", "default_bundle_dir",
+__all__ = ["Cell", "Profile", "load_profile", "plan_cells", "cell_run_list", "resolved_config", "run_benchmark",
+           "default_bundle_dir",
            "PROTOCOLS", "BUDGET_KEYS", "OBJECT_METRICS"]
 
 PROTOCOLS = {"head": "head", "finetune": "finetune"}  # protocol -> the bundle's seg_mode

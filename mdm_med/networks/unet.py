@@ -208,7 +208,8 @@ class TimestepUNet(nn.Module):
     def check_input(self, x: torch.Tensor) -> None:
         div = 2 ** (self.levels - 1)
         if x.dim() != self.spatial_dims + 2 or x.shape[1] != self.in_channels:
-            raise ValueError(f"expected (B, {self.in_channels}, *{self.spatial_dims} spatial dims), got {list(x.shape)}")
+            raise ValueError(f"expected (B, {self.in_channels}, *{self.spatial_dims} spatial dims), "
+                             f"got {list(x.shape)}")
         for s in x.shape[2:]:
             if s % div != 0:
                 raise ValueError(f"spatial size {list(x.shape[2:])} must be divisible by {div}")
