@@ -6,7 +6,8 @@ What it does, so that nothing here replaces MONAI Label code:
 
 1. finds the ``monaibundle`` sample app that the ``monailabel`` package installs (``<prefix>/monailabel/sample-apps``),
    copies it to ``--app_dir`` (default ``~/.cache/mdm_med/label/<bundle name>``);
-2. copies the bundle (``configs/``, ``models/``, ``docs/``, ``LICENSE``; not ``runs/`` or ``eval/``) to
+2. writes a self-contained copy of the bundle (``mdm_med.bundle.export_bundle``: ``configs/`` with the shared
+   recipe's macros resolved, ``models/``, ``docs/``, ``LICENSE``; not ``runs/`` or ``eval/``) to
    ``<app>/model/<bundle name>/``, where the app looks for local bundles; ``models/model.pt`` must exist (train first);
 3. replaces this process with ``python -m monailabel.main start_server`` on ``--host`` (127.0.0.1 by default) with
    ``--conf models <name> --conf zoo_source local --conf sam2 false`` (no downloads) and the repository root on
@@ -28,11 +29,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from mdm_med.bundle import export_bundle
+
 __all__ = ["find_sample_app", "prepare_app", "server_command", "serve", "main"]
 
 logger = logging.getLogger(__name__)
 
-BUNDLE_PARTS = ("configs", "models", "docs", "LICENSE")  # what a served bundle needs; runs/ and eval/ stay behind
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -91,15 +93,7 @@ def prepare_app(bundle: str | os.PathLike, app_dir: str | os.PathLike | None = N
     dst = app / "model" / name
     if dst.is_symlink() or dst.is_file():
         dst.unlink()
-    elif dst.exists():
-        shutil.rmtree(dst)
-    dst.mkdir(parents=True)
-    for part in BUNDLE_PARTS:
-        s = src / part
-        if s.is_dir():
-            shutil.copytree(s, dst / part, ignore=shutil.ignore_patterns("__pycache__", ".tmp_*"))
-        elif s.is_file():
-            shutil.copy2(s, dst / part)
+    export_bundle(src, dst)  # self-contained: the shared recipe's macros are resolved into the copy
     logger.info("MONAI Label app %s serves bundle %s (copied from %s)", app, name, src)
     return app, name
 

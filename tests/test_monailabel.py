@@ -48,10 +48,13 @@ def _free_port():
 
 
 def _untrained_bundle(dst):
-    """A copy of the bundle's configs with an untrained network_def as models/model.pt (+ model_settings.json)."""
+    """A standalone copy of the bundle's configs (shared recipe resolved) with an untrained network_def as
+    models/model.pt (+ model_settings.json)."""
     from monai.bundle import ConfigParser
 
-    shutil.copytree(os.path.join(BUNDLE, "configs"), dst / "configs")
+    from mdm_med.bundle import export_bundle
+
+    export_bundle(BUNDLE, dst, parts=("configs",))
     (dst / "models").mkdir()
     settings = {"preset": "cpu", "seg_mode": "finetune", "num_classes": 2, "image_scale": 0.5, "crop_size": 64,
                 "patch_size": 4, "seg_timestep": 50}

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import yaml
 
+from mdm_med.bundle import resolved_config
 from mdm_med.data.datalist import DEFAULT_FRACTIONS, write_json_atomic
 
 __all__ = ["Cell", "Profile", "load_profile", "plan_cells", "cell_run_list", "resolved_config", "run_benchmark",
@@ -259,20 +260,6 @@ def cell_run_list(bundle_run: Sequence, pretrained: bool) -> list:
     if not seen_train:
         raise ValueError("the bundle's run list has no '@train#trainer.run()' step; cannot build a benchmark cell")
     return out
-
-
-def resolved_config(path: str | os.PathLike, repo_root: str | os.PathLike) -> dict:
-    """A bundle config with its MONAI macros (``%bundles/recipe/...``, relative to the repository root) resolved;
-    expressions and references are left as text."""
-    import contextlib
-
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    with contextlib.chdir(repo_root):
-        parser.read_config(str(Path(path).resolve()))
-        parser.resolve_macro_and_relative_ids()
-    return parser.get()
 
 
 def fingerprint(overrides: dict) -> str:

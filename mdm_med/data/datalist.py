@@ -68,7 +68,8 @@ def write_json_atomic(obj, path: str | os.PathLike) -> None:
 
 
 def pretraining_items(datalist: dict, include_test: bool = False) -> list[dict]:
-    """Unlabelled images for self-supervised pretraining: every training and validation image (labels dropped).
+    """Unlabelled images for self-supervised pretraining: every training and validation image (labels dropped) and
+    the datalist's ``unlabeled`` images (e.g. a Decathlon ``imagesTs``, which is not our test split).
 
     Test images are added only when ``include_test`` is True (the reference code's transductive setting); that
     is logged as a warning, since the test score is then no longer a clean held-out estimate.
@@ -76,7 +77,7 @@ def pretraining_items(datalist: dict, include_test: bool = False) -> list[dict]:
     import logging
 
     splits = ["training", "validation"] + (["test"] if include_test else [])
-    items = [{"id": d["id"], "image": d["image"]} for s in splits for d in datalist.get(s, [])]
+    items = [{"id": d["id"], "image": d["image"]} for s in splits + ["unlabeled"] for d in datalist.get(s, [])]
     if include_test:
         logging.getLogger(__name__).warning(
             "pretrain_include_test=True: %d TEST images are in the pretraining set (transductive, as the reference "
