@@ -46,7 +46,6 @@ import argparse
 import json
 import math
 import os
-import re
 import sys
 import tempfile
 import xml.etree.ElementTree as ET
@@ -56,6 +55,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
+
+try:
+    from mdm_med.data.datalist import natural_key, nested_label_subsets
+except ImportError:  # running from a source checkout without installing the package
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from mdm_med.data.datalist import natural_key, nested_label_subsets
 
 __all__ = [
     "FRACTIONS",
@@ -82,11 +87,6 @@ SPLIT_SUFFIX = {"training": "Tr", "test": "Ts"}
 
 class ConversionError(ValueError):
     """Invalid input: unmatched image/annotation names, corrupt TIFF or XML, too many nuclei."""
-
-
-def natural_key(name: str) -> list:
-    """Sort key ordering ``img2`` before ``img10`` (digit runs compared as integers)."""
-    return [(0, int(tok), "") if tok.isdigit() else (1, 0, tok) for tok in re.split(r"(\d+)", name) if tok]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -299,17 +299,10 @@ def _atomic_write_json(obj, path: Path) -> None:
         raise
 
 
-def label_fraction_count(fraction: float, n: int) -> int:
-    """``max(1, round_half_up(fraction * n))`` capped at ``n`` (0 if ``n == 0``)."""
-    if n == 0:
-        return 0
-    return min(n, max(1, math.floor(fraction * n + 0.5 + 1e-9)))
-
-
 def label_fraction_subsets(names: Sequence[str], fractions: Sequence[float] = FRACTIONS) -> dict[str, list[str]]:
-    """Nested subsets: the first ``label_fraction_count(f, n)`` names in natural order, keyed ``f"{f:g}"``."""
-    ordered = sorted(names, key=natural_key)
-    return {f"{f:g}": ordered[: label_fraction_count(f, len(ordered))] for f in fractions}
+    """Nested subsets keyed ``f"{f:g}"``: the first ``max(1, int(f * n))`` names in natural order (the library's one
+    rule, ``mdm_med.data.datalist.nested_label_subsets``)."""
+    return nested_label_subsets(list(names), len(names), fractions)
 
 
 def convert_monuseg(

@@ -1,14 +1,14 @@
-"""MONAI Model Zoo conformance of the mdm_glas bundle: metadata schema fields, workflow properties,
+"""MONAI Model Zoo conformance of every mdm_* bundle: metadata schema fields, workflow properties,
 ``ckpt_export`` to TorchScript (same outputs as the eager network) and ``verify_net_in_out``.
 
-Every test builds its own tiny model (an untrained ``network_def`` from inference.json) in a temporary copy of the
-bundle; nothing depends on ``bundles/mdm_glas/models`` or on a download (``verify_metadata`` needs the schema
-from the internet, so the schema's required fields are checked here instead).
+Every test builds its own untrained model (``network_def`` from inference.json) in a standalone copy of the bundle
+(``mdm_med.bundle.export_bundle``: the shared recipe resolved) and runs the zoo commands from outside the
+repository; nothing depends on ``bundles/*/models`` or on a download (``verify_metadata`` needs the schema from the
+internet, so the schema's required fields are checked here instead).
 """
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -17,9 +17,16 @@ import torch
 from monai.bundle import ConfigParser, ConfigWorkflow
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BUNDLE = os.path.join(ROOT, "bundles", "mdm_glas")
-CONFIGS = os.path.join(BUNDLE, "configs")
-META = os.path.join(CONFIGS, "metadata.json")
+# bundle -> (input channels, number of classes, network input shape from metadata.json, model settings)
+BUNDLES = {
+    "mdm_glas": (3, 2, [64, 64], {"preset": "cpu", "image_scale": 0.5, "crop_size": 64}),
+    "mdm_monuseg": (3, 2, [64, 64], {"preset": "cpu", "image_scale": 1.0, "crop_size": 64}),
+    "mdm_hippocampus": (1, 3, [32, 32, 32], {"preset": "cpu3d", "image_scale": 1.0, "crop_size": 32}),
+}
+
+
+def _configs(bundle):
+    return os.path.join(ROOT, "bundles", bundle, "configs")
 
 # What meta_schema_20240725.json (the schema named in metadata.json) requires, as (field, type) pairs.
 REQUIRED_META = {
@@ -52,15 +59,16 @@ def _bundle_cli(*args, cwd):
     return proc
 
 
-def _tiny_bundle(tmp_path, mode="finetune", seed=0):
-    """A copy of the bundle's configs with an untrained ``network_def`` of ``mode`` saved as models/model.pt (plus
-    the model_settings.json that inference.json reads). Returns (bundle_root, eager network)."""
-    root = tmp_path / "mdm_glas"
-    shutil.copytree(CONFIGS, root / "configs")
+def _tiny_bundle(tmp_path, bundle="mdm_glas", mode="finetune", seed=0):
+    """A standalone copy of the bundle's configs with an untrained ``network_def`` of ``mode`` saved as
+    models/model.pt (plus the model_settings.json that inference.json reads). Returns (bundle_root, eager network)."""
+    from mdm_med.bundle import export_bundle
+
+    root = export_bundle(os.path.join(ROOT, "bundles", bundle), tmp_path / bundle, parts=("configs",))
     models = root / "models"
     models.mkdir()
-    settings = {"preset": "cpu", "seg_mode": mode, "num_classes": 2, "image_scale": 0.5, "crop_size": 64,
-                "patch_size": 4, "seg_timestep": 50}
+    _, classes, _, extra = BUNDLES[bundle]
+    settings = {"seg_mode": mode, "num_classes": classes, "patch_size": 4, "seg_timestep": 50, **extra}
     (models / "model_settings.json").write_text(json.dumps(settings))
     parser = ConfigParser()
     parser.read_config(str(root / "configs" / "inference.json"))
@@ -81,8 +89,9 @@ def _check_fields(obj, required, optional, where):
             assert isinstance(obj[key], kind), f"{where}: {key!r} should be {kind.__name__}, got {obj[key]!r}"
 
 
-def test_metadata_has_every_field_the_zoo_schema_requires():
-    with open(META) as f:
+@pytest.mark.parametrize("bundle", sorted(BUNDLES))
+def test_metadata_has_every_field_the_zoo_schema_requires(bundle):
+    with open(os.path.join(_configs(bundle), "metadata.json")) as f:
         meta = json.load(f)
     _check_fields(meta, REQUIRED_META, OPTIONAL_META, "metadata.json")
     assert meta["schema"].endswith(".json")
@@ -100,40 +109,47 @@ def test_metadata_has_every_field_the_zoo_schema_requires():
             if "channel_def" in tensor:
                 assert len(tensor["channel_def"]) == tensor["num_channels"], where
     image, pred = fmt["inputs"]["image"], fmt["outputs"]["pred"]
-    assert image["spatial_shape"] == [64, 64] and image["num_channels"] == 3  # the cpu preset's crop
-    assert pred["spatial_shape"] == [64, 64] and pred["num_channels"] == 2
+    channels, classes, shape, _ = BUNDLES[bundle]
+    assert image["spatial_shape"] == shape and image["num_channels"] == channels  # the default preset's crop
+    assert pred["spatial_shape"] == shape and pred["num_channels"] == classes
 
 
+@pytest.mark.parametrize("bundle", sorted(BUNDLES))
 @pytest.mark.parametrize("config, kind", [("train.json", "train"), ("inference.json", "infer")])
-def test_workflow_has_required_properties(tmp_path, tiny_glas, config, kind):
-    override = {"bundle_root": str(tmp_path / "bundle"), "dataset_dir": tiny_glas}
+def test_workflow_has_required_properties(tmp_path, bundle, config, kind):
+    override = {"bundle_root": str(tmp_path / "bundle")}
     if kind == "train":
-        override.update(preset="tiny", crop_size=32, image_scale=1.0, num_val=2)
-    wf = ConfigWorkflow(config_file=os.path.join(CONFIGS, config), meta_file=META, logging_file=False,
+        override.update(preset="tiny", demo_dir=str(tmp_path / "demo"))
+    wf = ConfigWorkflow(config_file=os.path.join(_configs(bundle), config),
+                        meta_file=os.path.join(_configs(bundle), "metadata.json"), logging_file=False,
                         workflow_type=kind, **override)
     wf.initialize()
     assert wf.check_properties() == []
 
 
-@pytest.mark.parametrize("mode", ["finetune", "head"])
-def test_ckpt_export_torchscript_matches_eager(tmp_path, mode):
-    root, net = _tiny_bundle(tmp_path, mode)
+@pytest.mark.parametrize("bundle, mode", [("mdm_glas", "finetune"), ("mdm_glas", "head"), ("mdm_monuseg", "finetune"),
+                                          ("mdm_hippocampus", "finetune"), ("mdm_hippocampus", "head")])
+def test_ckpt_export_torchscript_matches_eager(tmp_path, bundle, mode):
+    root, net = _tiny_bundle(tmp_path, bundle, mode)
     ts_path = tmp_path / "model.ts"
-    # the zoo command, traced: TimestepUNet is not scriptable yet (see docs/README.md); the input shape comes from
-    # metadata.json (1 x 3 x 64 x 64)
+    # the zoo command, traced (the head's frozen features are not scriptable); the input shape comes from
+    # metadata.json
     _bundle_cli("ckpt_export", "network_def", "--filepath", str(ts_path), "--ckpt_file", str(root / "models/model.pt"),
                 "--meta_file", str(root / "configs/metadata.json"), "--config_file",
                 str(root / "configs/inference.json"), "--bundle_root", str(root), "--use_trace", "True", cwd=tmp_path)
     extra = {"metadata.json": "", "inference.json": ""}
     ts = torch.jit.load(str(ts_path), _extra_files=extra).eval()
-    assert json.loads(extra["metadata.json"])["version"] == json.load(open(META))["version"]
+    meta = json.load(open(os.path.join(_configs(bundle), "metadata.json")))
+    assert json.loads(extra["metadata.json"])["version"] == meta["version"]
     assert "network_def" in json.loads(extra["inference.json"])
+    channels, classes, shape, _ = BUNDLES[bundle]
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
-        for shape in [(2, 3, 64, 64), (1, 3, 64, 64), (3, 3, 128, 64)]:  # batch and size other than the trace's
-            x = torch.rand(shape, generator=gen) * 2 - 1
+        # batch and size other than the trace's
+        for size in [(2, channels, *shape), (1, channels, *shape), (3, channels, shape[0] * 2, *shape[1:])]:
+            x = torch.rand(size, generator=gen) * 2 - 1
             expected, got = net(x), ts(x)
-            assert got.shape == (shape[0], 2, *shape[2:])
+            assert got.shape == (size[0], classes, *size[2:])
             torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
 
 
@@ -147,8 +163,9 @@ def test_finetune_network_is_scriptable():
         torch.testing.assert_close(scripted(x), net(x))
 
 
-def test_verify_net_in_out(tmp_path):
-    root, _ = _tiny_bundle(tmp_path, "finetune")
+@pytest.mark.parametrize("bundle", sorted(BUNDLES))
+def test_verify_net_in_out(tmp_path, bundle):
+    root, _ = _tiny_bundle(tmp_path, bundle, "finetune")
     proc = _bundle_cli("verify_net_in_out", "network_def", "--meta_file", str(root / "configs/metadata.json"),
                        "--config_file", str(root / "configs/inference.json"), "--bundle_root", str(root), cwd=tmp_path)
     assert "verified" in proc.stdout + proc.stderr

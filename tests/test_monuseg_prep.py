@@ -138,8 +138,8 @@ def test_rasterize_occlusion_and_renumbering():
 def test_natural_order_and_fractions():
     names = [f"n{i}" for i in range(30, 0, -1)]
     subsets = monuseg.label_fraction_subsets(names)
-    # 30 images: 0.05 -> round(1.5)=2, 0.1 -> 3, 0.25 -> round(7.5)=8, 0.5 -> 15, 1 -> 30
-    assert {k: len(v) for k, v in subsets.items()} == {"0.05": 2, "0.1": 3, "0.25": 8, "0.5": 15, "1": 30}
+    # 30 images: max(1, int(f * 30)): 0.05 -> 1, 0.1 -> 3, 0.25 -> 7, 0.5 -> 15, 1 -> 30
+    assert {k: len(v) for k, v in subsets.items()} == {"0.05": 1, "0.1": 3, "0.25": 7, "0.5": 15, "1": 30}
     assert subsets["0.1"] == ["n1", "n2", "n3"]
     assert subsets["0.25"][:3] == subsets["0.1"]  # nested
 
@@ -189,7 +189,7 @@ def test_convert_end_to_end(tmp_path, capsys):
         "0.05": ["img1"],
         "0.1": ["img1"],
         "0.25": ["img1"],
-        "0.5": ["img1", "img2"],
+        "0.5": ["img1"],  # max(1, int(0.5 * 3))
         "1": ["img1", "img2", "img10"],
     }
     assert not list(out.rglob("*.tmp"))  # no temp files left behind

@@ -396,11 +396,11 @@ def test_decathlon_split(tmp_path, decathlon, nnunet, capsys):
     assert [e["id"] for e in dl["training"]] == [Path(p).name[: -len(".nii.gz")] for p in train]
     fr = dl["label_fractions"]
     assert list(fr) == ["0.05", "0.1", "0.25", "0.5", "1"]  # f"{f:g}" keys, as mdm_med.data.datalist
-    assert [len(v) for v in fr.values()] == [1, 1, 2, 4, 7]  # max(1, round(f * 7))
+    assert [len(v) for v in fr.values()] == [1, 1, 1, 3, 7]  # max(1, int(f * 7)), as GlaS and MoNuSeg
     for v in fr.values():
         assert v == [e["id"] for e in dl["training"][: len(v)]]  # nested prefixes of the sorted training list
-    assert labelled_subset(dl, 0.25) == dl["training"][:2] and labelled_subset(dl, 1.0) == dl["training"]
-    assert len(pretraining_items(dl)) == 8
+    assert labelled_subset(dl, 0.25) == dl["training"][:1] and labelled_subset(dl, 1.0) == dl["training"]
+    assert len(pretraining_items(dl)) == 10  # training + validation + the unlabeled imagesTs, never the test split
     assert [e["image"] for e in dl["unlabeled"]] == ["imagesTs/la_100.nii.gz", "imagesTs/la_101.nii.gz"]
     assert dl["name"] == "LeftAtrium" and Path(dl["source"]) == root.resolve()
     assert dl["dataset"]["labels"] == {"background": 0, "left atrium": 1}

@@ -40,7 +40,7 @@ from monai.transforms import (
 from monai.transforms.io.array import switch_endianness
 from monai.utils import ensure_tuple, ensure_tuple_rep
 
-from mdm_med.data.datalist import natural_key
+from mdm_med.data.datalist import natural_key, nested_label_subsets
 
 __all__ = [
     "DEFAULT_LABEL_FRACTIONS",
@@ -714,15 +714,15 @@ def make_split_datalist(
 
     Returns ``{"training", "validation", "test": [{"id": case, **entry}, ...], "label_fractions": {f"{f:g}": [ids]},
     "label_fraction_rule": "first", "split": {...}}``. ``label_fractions`` holds the ids of the first
-    ``max(1, round(f * n_train))`` training cases (natural order), so the subsets are nested; read them with
-    ``mdm_med.data.datalist.labelled_subset``.
+    ``max(1, int(f * n_train))`` training cases (natural order; ``mdm_med.data.datalist.nested_label_subsets``), so
+    the subsets are nested; read them with ``mdm_med.data.datalist.labelled_subset``.
     """
     train, val, test = split_cases(list(cases), val_frac=val_frac, test_frac=test_frac, seed=seed)
-    label_fractions = {}
-    for f in sorted(float(f) for f in fractions):
-        if not 0.0 < f <= 1.0:
-            raise ValueError(f"label fractions must be in (0, 1], got {f}")
-        label_fractions[f"{f:g}"] = train[: max(1, round(f * len(train)))]
+    fractions = sorted(float(f) for f in fractions)
+    bad = [f for f in fractions if not 0.0 < f <= 1.0]
+    if bad:
+        raise ValueError(f"label fractions must be in (0, 1], got {bad}")
+    label_fractions = nested_label_subsets(train, len(train), fractions)
     return {
         "training": [{"id": c, **cases[c]} for c in train],
         "validation": [{"id": c, **cases[c]} for c in val],
