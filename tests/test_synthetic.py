@@ -8,6 +8,7 @@ from PIL import Image
 
 from mdm_med.data import synthetic
 from mdm_med.data.synthetic import MARKER_NAME, generate_glas_demo, render_sample
+from mdm_med.io import build_folder_atomically
 
 SIZE = (64, 96)  # (H, W), small to keep the tests fast
 SMALL = {"num_train": 3, "num_test": 2, "size": SIZE}
@@ -87,9 +88,9 @@ def test_regenerates_when_marker_missing_or_different(tmp_path):
     out = generate_glas_demo(tmp_path / "glas", seed=0, **SMALL)
     reference = _read_all(out)
 
-    # Half-written folder: a stray partial file and no marker -> rebuilt completely.
-    (out / MARKER_NAME).unlink()
+    # A stale file with an intact marker -> rebuilt completely.
     (out / "train_1.png").write_bytes(b"partial")
+    generate_glas_demo(out, seed=1, **SMALL)
     generate_glas_demo(out, seed=0, **SMALL)
     assert _read_all(out) == reference
 
@@ -136,6 +137,61 @@ def test_refuses_to_replace_unrelated_folder(tmp_path):
         generate_glas_demo(folder, **SMALL)
     assert (folder / "notes.txt").read_text() == "keep me"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
+
+
+def test_refuses_folder_without_marker(tmp_path):
+    # GlaS-style files but no demo.json: may be a real download, so it is never replaced.
+    out = generate_glas_demo(tmp_path / "glas", seed=0, **SMALL)
+    (out / MARKER_NAME).unlink()
+    reference = _read_all(out)
+    with pytest.raises(FileExistsError, match="demo.json"):
+        generate_glas_demo(out, seed=0, **SMALL)
+    assert _read_all(out) == reference
+
+
+def test_build_folder_atomically(tmp_path):
+    calls = []
+
+    def fill(folder):
+        calls.append(folder)
+        for name in files(params):
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_text(str(params["n"]))
+
+    def files(p):
+        return ["a.txt"] + [f"sub/{i}.txt" for i in range(p["n"])]
+
+    out, params = tmp_path / "out", {"generator": "test", "n": 2}
+    assert build_folder_atomically(out, params, fill, files) == out.resolve()
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == [
+        "a.txt", "demo.json", "sub", "sub/0.txt", "sub/1.txt"]
+    assert json.loads((out / "demo.json").read_text()) == params
+    build_folder_atomically(out, params, fill, files)
+    assert len(calls) == 1  # complete with equal params: reused
+    params = {"generator": "test", "n": 1}
+    build_folder_atomically(out, params, fill, files)
+    assert len(calls) == 2 and not (out / "sub" / "1.txt").exists() and (out / "a.txt").read_text() == "1"
+
+    def failing(folder):
+        (folder / "a.txt").write_text("half")
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        build_folder_atomically(tmp_path / "fresh", params, failing, files)
+    with pytest.raises(RuntimeError, match="boom"):
+        build_folder_atomically(out, {"generator": "test", "n": 5}, failing, files)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary folders left
+    assert (out / "a.txt").read_text() == "1"  # the old set is intact
+
+    (out / "sub" / "notes.txt").write_text("mine")  # a foreign file beside a valid marker
+    with pytest.raises(FileExistsError, match="notes.txt"):
+        build_folder_atomically(out, {"generator": "test", "n": 3}, fill, files)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "a.txt").write_text("keep me")  # no marker: user data
+    with pytest.raises(FileExistsError):
+        build_folder_atomically(mine, params, fill, ["a.txt"])
+    assert (mine / "a.txt").read_text() == "keep me"
 
 
 def test_invalid_arguments(tmp_path):

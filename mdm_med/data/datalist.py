@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 
 __all__ = ["DEFAULT_FRACTIONS", "pretraining_items", "natural_key", "label_fraction_counts", "nested_label_subsets",
-           "write_json_atomic", "labelled_subset"]
+           "write_json_atomic", "labelled_subset", "resolve_dataset_dir", "split_datalist"]
 
 DEFAULT_FRACTIONS = (0.05, 0.1, 0.25, 0.5, 1.0)
 
@@ -46,6 +48,24 @@ def nested_label_subsets(pool: Sequence[str], num_total: int, fractions: Sequenc
     return {key: ordered[:n] for key, n in counts.items()}
 
 
+def split_datalist(name: str, folder: str | os.PathLike, train: list[dict], test: list[dict], num_val: int,
+                   fractions: Sequence[float] = DEFAULT_FRACTIONS, fraction_rule: str = "first", seed: int = 0) -> dict:
+    """A MONAI datalist from ordered ``train`` items: the last ``num_val`` become ``validation``, the rest the
+    ``training`` pool with nested ``label_fractions`` (counted on all of ``train``); ``test`` is kept as given."""
+    if not 0 <= num_val < len(train):
+        raise ValueError(f"num_val={num_val} must be >= 0 and leave training images out of {len(train)} in {folder}")
+    pool, val = train[: len(train) - num_val], train[len(train) - num_val:]
+    return {
+        "name": name,
+        "source": str(Path(folder).resolve()),
+        "training": pool,
+        "validation": val,
+        "test": test,
+        "label_fractions": nested_label_subsets([d["id"] for d in pool], len(train), fractions, fraction_rule, seed),
+        "label_fraction_rule": fraction_rule,
+    }
+
+
 def labelled_subset(datalist: dict, fraction: float | str) -> list[dict]:
     """The ``training`` items whose ids are in ``label_fractions[fraction]`` (in datalist order)."""
     key = f"{float(fraction):g}"
@@ -74,8 +94,6 @@ def pretraining_items(datalist: dict, include_test: bool = False) -> list[dict]:
     Test images are added only when ``include_test`` is True (the reference code's transductive setting); that
     is logged as a warning, since the test score is then no longer a clean held-out estimate.
     """
-    import logging
-
     splits = ["training", "validation"] + (["test"] if include_test else [])
     items = [{"id": d["id"], "image": d["image"]} for s in splits + ["unlabeled"] for d in datalist.get(s, [])]
     if include_test:
@@ -85,3 +103,25 @@ def pretraining_items(datalist: dict, include_test: bool = False) -> list[dict]:
     if not items:
         raise ValueError("no images for pretraining: the datalist has no training or validation items")
     return items
+
+
+def resolve_dataset_dir(dataset_dir: str | os.PathLike | None, demo_dir: str | os.PathLike,
+                        problem: Callable[[str], str | None], generate_demo: Callable[[], Path], dataset_name: str,
+                        hint: str, logger: logging.Logger | None = None) -> tuple[str, bool]:
+    """``(folder, is_demo)``: a given ``dataset_dir`` or, when it is empty/None, the synthetic demo set.
+
+    A given folder that is missing or for which ``problem(folder)`` returns a message (what is missing; None when
+    valid) raises ``FileNotFoundError`` naming it, never a silent demo fallback. Otherwise ``generate_demo()``
+    builds (or reuses) the demo set in ``demo_dir`` and a loud 'DEMO DATA ... SYNTHETIC' warning is logged.
+    ``hint`` says how to use the real ``dataset_name`` data.
+    """
+    if dataset_dir is not None and str(dataset_dir).strip():
+        what = "does not exist" if not os.path.isdir(dataset_dir) else problem(str(dataset_dir))
+        if what:
+            raise FileNotFoundError(f"dataset_dir {dataset_dir} {what}. {hint} (or give no dataset_dir for the "
+                                    "built-in demo data)")
+        return str(dataset_dir), False
+    (logger or logging.getLogger(__name__)).warning(
+        "DEMO DATA: no dataset_dir was given, so this run uses the built-in SYNTHETIC stand-in for %s in %s. Results "
+        "on it say nothing about real data. %s.", dataset_name, demo_dir, hint)
+    return str(generate_demo()), True

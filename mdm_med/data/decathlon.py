@@ -20,6 +20,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from mdm_med.data.datalist import resolve_dataset_dir
 from mdm_med.data.radiology import DEFAULT_LABEL_FRACTIONS, make_split_datalist, read_image_shape
 
 __all__ = [
@@ -159,19 +160,14 @@ def resolve_decathlon_dir(dataset_dir: str | os.PathLike | None, demo_dir: str |
     A given ``dataset_dir`` that does not exist or has no ``imagesTr/*.nii.gz`` raises ``FileNotFoundError``:
     a typo never silently turns into a run on demo data.
     """
-    if dataset_dir:
-        folder = Path(dataset_dir)
-        if not folder.is_dir():
-            raise FileNotFoundError(f"dataset_dir '{dataset_dir}' does not exist (expected a Decathlon task folder "
-                                    "with imagesTr/*.nii.gz and labelsTr/*.nii.gz)")
-        if not has_decathlon_images(folder):
-            raise FileNotFoundError(f"dataset_dir '{dataset_dir}' has no NIfTI images in {folder / 'imagesTr'} "
-                                    "(expected imagesTr/*.nii.gz and labelsTr/*.nii.gz)")
-        return str(dataset_dir), False
-    from mdm_med.data.synthetic_volumes import generate_hippocampus_demo
 
-    logger.warning(
-        "DEMO DATA: no dataset_dir was given, so this run uses the built-in SYNTHETIC hippocampus volumes in %s. "
-        "Results on it say nothing about real data. To use real data, pass --dataset_dir /path/to/Task04_Hippocampus "
-        "(imagesTr/*.nii.gz + labelsTr/*.nii.gz).", demo_dir)
-    return str(generate_hippocampus_demo(demo_dir, **demo_kwargs)), True
+    def demo() -> Path:
+        from mdm_med.data.synthetic_volumes import generate_hippocampus_demo
+
+        return generate_hippocampus_demo(demo_dir, **demo_kwargs)
+
+    return resolve_dataset_dir(
+        dataset_dir, demo_dir,
+        lambda d: None if has_decathlon_images(d) else f"has no NIfTI images in {Path(d) / 'imagesTr'}",
+        demo, "Decathlon Task04_Hippocampus", "To use real data, pass --dataset_dir /path/to/Task04_Hippocampus "
+        "(a Decathlon task folder with imagesTr/*.nii.gz and labelsTr/*.nii.gz)", logger)

@@ -12,7 +12,7 @@ import os
 import re
 from pathlib import Path
 
-from mdm_med.data.datalist import DEFAULT_FRACTIONS, natural_key, nested_label_subsets
+from mdm_med.data.datalist import DEFAULT_FRACTIONS, natural_key, resolve_dataset_dir, split_datalist
 
 __all__ = ["scan_glas", "build_glas_datalist", "has_glas_images", "resolve_glas_dir"]
 
@@ -77,37 +77,21 @@ def build_glas_datalist(folder: str | os.PathLike, num_val: int = 8, test_sets: 
     """
     splits = scan_glas(folder)
     train = sorted(splits["train"], key=lambda d: natural_key(d["id"]))
-    if num_val >= len(train):
-        raise ValueError(f"num_val={num_val} leaves no training images out of {len(train)} in {folder}")
-    pool, val = (train[: len(train) - num_val], train[len(train) - num_val:]) if num_val else (train, [])
     test = [item for name in test_sets for item in splits[name.lower()]]
-    subsets = nested_label_subsets([d["id"] for d in pool], len(train), fractions, fraction_rule, seed)
-    return {
-        "name": "GlaS",
-        "source": str(Path(folder).resolve()),
-        "training": pool,
-        "validation": val,
-        "test": test,
-        "label_fractions": subsets,
-        "label_fraction_rule": fraction_rule,
-    }
+    return split_datalist("GlaS", folder, train, test, num_val, fractions, fraction_rule, seed)
 
 
 def resolve_glas_dir(dataset_dir: str | os.PathLike | None, demo_dir: str | os.PathLike,
                      **demo_kwargs) -> tuple[str, bool]:
     """``(folder, is_demo)``: ``dataset_dir`` when given (it must hold GlaS images: ``FileNotFoundError`` naming it
     otherwise, never a silent fallback), else the synthetic demo set (generated into ``demo_dir`` if needed) with a
-    loud log line saying so."""
-    if dataset_dir:
-        if not has_glas_images(dataset_dir):
-            what = "does not exist" if not os.path.isdir(dataset_dir) else "holds no GlaS images (train_N.bmp/png)"
-            raise FileNotFoundError(f"dataset_dir {dataset_dir} {what}; pass a GlaS folder, or no dataset_dir for "
-                                    "the built-in demo data")
-        return str(dataset_dir), False
-    from mdm_med.data.synthetic import generate_glas_demo
+    loud log line saying so (``mdm_med.data.datalist.resolve_dataset_dir``)."""
 
-    logger.warning(
-        "DEMO DATA: no dataset_dir was given, so this run uses the built-in SYNTHETIC histology set in %s. Results "
-        "on it say nothing about real data. To use real GlaS, pass --dataset_dir /path/to/glas "
-        "(train_N.bmp/png + train_N_anno.*).", demo_dir)
-    return str(generate_glas_demo(demo_dir, **demo_kwargs)), True
+    def demo() -> Path:
+        from mdm_med.data.synthetic import generate_glas_demo
+
+        return generate_glas_demo(demo_dir, **demo_kwargs)
+
+    return resolve_dataset_dir(
+        dataset_dir, demo_dir, lambda d: None if has_glas_images(d) else "holds no GlaS images (train_N.bmp/png)",
+        demo, "GlaS", "To use real GlaS, pass --dataset_dir /path/to/glas (train_N.bmp/png + train_N_anno.*)", logger)

@@ -14,7 +14,7 @@ import logging
 import os
 from pathlib import Path
 
-from mdm_med.data.datalist import DEFAULT_FRACTIONS, natural_key, nested_label_subsets
+from mdm_med.data.datalist import DEFAULT_FRACTIONS, natural_key, resolve_dataset_dir, split_datalist
 
 __all__ = ["has_monuseg_layout", "scan_monuseg", "build_monuseg_datalist", "resolve_monuseg_dir"]
 
@@ -89,21 +89,11 @@ def build_monuseg_datalist(folder: str | os.PathLike, num_val: int = 4, fraction
     Items are ``{"id", "image", "label", "instance"}`` with absolute paths.
     """
     splits = scan_monuseg(folder)
-    train, test = splits["training"], splits["test"]
-    if not 0 <= num_val < len(train):
-        raise ValueError(f"num_val={num_val} must be >= 0 and leave training images out of {len(train)} in {folder}")
-    pool, val = train[: len(train) - num_val], train[len(train) - num_val:]
-    if not test:
+    datalist = split_datalist("MoNuSeg", folder, splits["training"], splits["test"], num_val, fractions,
+                              fraction_rule, seed)
+    if not datalist["test"]:
         logger.warning("MoNuSeg folder %s has no test images (imagesTs/ is empty)", folder)
-    return {
-        "name": "MoNuSeg",
-        "source": str(Path(folder).resolve()),
-        "training": pool,
-        "validation": val,
-        "test": test,
-        "label_fractions": nested_label_subsets([d["id"] for d in pool], len(train), fractions, fraction_rule, seed),
-        "label_fraction_rule": fraction_rule,
-    }
+    return datalist
 
 
 def resolve_monuseg_dir(dataset_dir: str | os.PathLike | None, demo_dir: str | os.PathLike,
@@ -114,17 +104,18 @@ def resolve_monuseg_dir(dataset_dir: str | os.PathLike | None, demo_dir: str | o
     complete there; ``demo_kwargs`` go to ``generate_monuseg_demo``) with a loud log line. A given
     ``dataset_dir`` must have the MoNuSeg layout, else ``FileNotFoundError`` (never a silent demo fallback).
     """
-    if dataset_dir is not None and str(dataset_dir).strip():
-        problems = _layout_problems(Path(dataset_dir))
-        if problems:
-            raise FileNotFoundError(
-                f"dataset_dir {dataset_dir} is not a MoNuSeg layout: {problems[0]}. Convert the challenge download "
-                f"with: python data_prep/monuseg.py --input /path/to/MoNuSeg --output {dataset_dir}")
-        return str(dataset_dir), False
-    from mdm_med.data.synthetic_nuclei import generate_monuseg_demo
 
-    logger.warning(
-        "DEMO DATA: no dataset_dir was given, so this run uses the built-in SYNTHETIC nuclei set in %s. Results on "
-        "it say nothing about real data. To use real MoNuSeg, convert it with data_prep/monuseg.py and pass "
-        "--dataset_dir /path/to/monuseg_std (imagesTr/, labelsTr/, instancesTr/, imagesTs/, ...).", demo_dir)
-    return str(generate_monuseg_demo(demo_dir, **demo_kwargs)), True
+    def problem(folder: str) -> str | None:
+        problems = _layout_problems(Path(folder))
+        return f"is not a MoNuSeg layout: {problems[0]}" if problems else None
+
+    def demo() -> Path:
+        from mdm_med.data.synthetic_nuclei import generate_monuseg_demo
+
+        return generate_monuseg_demo(demo_dir, **demo_kwargs)
+
+    return resolve_dataset_dir(
+        dataset_dir, demo_dir, problem, demo, "MoNuSeg",
+        "To use real MoNuSeg, convert the challenge download with: python data_prep/monuseg.py --input "
+        "/path/to/MoNuSeg --output /path/to/monuseg_std, then pass --dataset_dir /path/to/monuseg_std "
+        "(imagesTr/, labelsTr/, instancesTr/, imagesTs/, ...)", logger)

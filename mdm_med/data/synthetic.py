@@ -16,16 +16,14 @@ with 0 for background and 255 for gland.
 
 from __future__ import annotations
 
-import json
 import os
-import re
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from scipy import ndimage
+
+from mdm_med.io import build_folder_atomically
 
 __all__ = ["GENERATOR_VERSION", "MARKER_NAME", "generate_glas_demo", "render_sample"]
 
@@ -38,9 +36,6 @@ _SPLITS = {"train": 0, "testA": 1}
 # Optical density per unit stain concentration, channels (R, G, B).
 _EOSIN_OD = np.array([0.10, 0.42, 0.22])
 _HAEMATOXYLIN_OD = np.array([0.95, 1.20, 0.48])
-
-# Files that may be replaced when an existing out_dir has no (or a stale) marker.
-_OWN_FILE = re.compile(r"^(demo\.json|(train|testA|testB)_\d+(_anno)?\.png)$")
 
 
 # --------------------------------------------------------------------------- noise fields
@@ -208,6 +203,27 @@ def _ring_positions(rng: np.random.Generator, gland: _Gland, spacing: float, dep
 # -------------------------------------------------------------------------------- sample
 
 
+def _stain_to_rgb(rng: np.random.Generator, e_map: np.ndarray, h_map: np.ndarray, white_min: float,
+                 blur: tuple[float, float], noise_sd: float) -> np.ndarray:
+    """Eosin and haematoxylin concentration maps (H, W) -> RGB uint8 (H, W, 3).
+
+    Per-image stain variation, Beer-Lambert colour with a random white level in [white_min, 255], a Gaussian
+    blur of random sigma in ``blur`` (min, max) and Gaussian noise of std ``noise_sd``.
+    """
+    shape = e_map.shape
+    e_vec = _EOSIN_OD * rng.uniform(0.85, 1.15) * (1.0 + rng.normal(0.0, 0.06, 3))
+    h_vec = _HAEMATOXYLIN_OD * rng.uniform(0.85, 1.15) * (1.0 + rng.normal(0.0, 0.06, 3))
+    e_map = np.clip(e_map + 0.04 * rng.standard_normal(shape), 0.0, None)
+    h_map = np.clip(h_map + 0.02 * rng.standard_normal(shape), 0.0, None)
+    od = e_map[..., None] * e_vec + h_map[..., None] * h_vec
+    rgb = rng.uniform(white_min, 255.0) * np.exp(-od)
+    sigma = rng.uniform(*blur)
+    rgb = ndimage.gaussian_filter(rgb, (sigma, sigma, 0.0))
+    rgb += rng.normal(0.0, noise_sd, rgb.shape)
+    return np.clip(np.round(rgb), 0, 255).astype(np.uint8)
+
+
+
 def render_sample(rng: np.random.Generator, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Render one synthetic H&E image and its gland mask.
 
@@ -327,16 +343,7 @@ def render_sample(rng: np.random.Generator, size: tuple[int, int]) -> tuple[np.n
     e_map = e_map * (1.0 - 0.5 * np.clip(nuclei, 0.0, 1.0)) + 0.25 * nuclei
 
     # ---- per-image stain variation, Beer-Lambert colour, blur and noise.
-    e_vec = _EOSIN_OD * rng.uniform(0.85, 1.15) * (1.0 + rng.normal(0.0, 0.06, 3))
-    h_vec = _HAEMATOXYLIN_OD * rng.uniform(0.85, 1.15) * (1.0 + rng.normal(0.0, 0.06, 3))
-    e_map = np.clip(e_map + 0.04 * rng.standard_normal(shape), 0.0, None)
-    h_map = np.clip(h_map + 0.02 * rng.standard_normal(shape), 0.0, None)
-    od = e_map[..., None] * e_vec + h_map[..., None] * h_vec
-    rgb = rng.uniform(240.0, 255.0) * np.exp(-od)
-    sigma = rng.uniform(0.5, 1.1)
-    rgb = ndimage.gaussian_filter(rgb, (sigma, sigma, 0.0))
-    rgb += rng.normal(0.0, 2.5, rgb.shape)
-    image = np.clip(np.round(rgb), 0, 255).astype(np.uint8)
+    image = _stain_to_rgb(rng, e_map, h_map, white_min=240.0, blur=(0.5, 1.1), noise_sd=2.5)
     return image, np.where(mask, 255, 0).astype(np.uint8)
 
 
@@ -354,22 +361,12 @@ def _params(num_train: int, num_test: int, size: tuple[int, int], seed: int) -> 
     }
 
 
-def _expected_files(num_train: int, num_test: int) -> list[str]:
+def _expected_files(params: dict) -> list[str]:
     names = []
-    for split, count in (("train", num_train), ("testA", num_test)):
+    for split, count in (("train", params["num_train"]), ("testA", params["num_test"])):
         for i in range(1, count + 1):
             names += [f"{split}_{i}.png", f"{split}_{i}_anno.png"]
     return names
-
-
-def _is_complete(out_dir: Path, params: dict) -> bool:
-    marker = out_dir / MARKER_NAME
-    try:
-        if json.loads(marker.read_text()) != params:
-            return False
-    except (OSError, ValueError):
-        return False
-    return all((out_dir / name).is_file() for name in _expected_files(params["num_train"], params["num_test"]))
 
 
 def _write_png(path: Path, array: np.ndarray, mode: str) -> None:
@@ -393,55 +390,22 @@ def generate_glas_demo(
 
     If ``out_dir`` already holds a complete dataset with the same parameters (``demo.json``
     marker), nothing is written. Otherwise the dataset is built in a temporary sibling folder
-    and renamed into place, so an interrupted run never leaves a complete-looking folder.
-    An existing ``out_dir`` is only replaced if it is empty or holds nothing but
-    GlaS-style files; anything else raises ``FileExistsError``.
+    and renamed into place (``mdm_med.io.build_folder_atomically``). A non-empty ``out_dir``
+    is only replaced if it holds an earlier demo set of this generator and nothing else;
+    anything else raises ``FileExistsError``.
     """
     if num_train < 0 or num_test < 0:
         raise ValueError("num_train and num_test must be >= 0")
     if len(size) != 2 or min(size) < 16:
         raise ValueError(f"size must be (height, width) with both >= 16, got {size!r}")
-    out_dir = Path(out_dir).resolve()
-    params = _params(num_train, num_test, size, seed)
-    if _is_complete(out_dir, params):
-        return out_dir
-    if out_dir.exists():
-        if not out_dir.is_dir():
-            raise FileExistsError(f"{out_dir} exists and is not a directory")
-        foreign = [p.name for p in out_dir.iterdir() if not _OWN_FILE.match(p.name)]
-        if foreign:
-            raise FileExistsError(f"{out_dir} holds files that are not a GlaS demo set (e.g. {foreign[0]!r})")
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    def fill(folder: Path) -> None:
         for split, count in (("train", num_train), ("testA", num_test)):
             for i in range(1, count + 1):
                 rng = np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(_SPLITS[split], i)))
                 image, mask = render_sample(rng, size)
-                _write_png(tmp / f"{split}_{i}.png", image, "RGB")
-                _write_png(tmp / f"{split}_{i}_anno.png", mask, "L")
-        # The marker goes last: a folder without it is never taken as complete.
-        (tmp / MARKER_NAME).write_text(json.dumps(params, indent=2) + "\n")
-        _swap_into_place(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir
+                _write_png(folder / f"{split}_{i}.png", image, "RGB")
+                _write_png(folder / f"{split}_{i}_anno.png", mask, "L")
 
-
-def _swap_into_place(tmp: Path, out_dir: Path) -> None:
-    """Rename the finished folder ``tmp`` to ``out_dir``, moving any old ``out_dir`` aside first."""
-    old = None
-    if out_dir.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-        os.replace(out_dir, old / "data")
-    try:
-        os.replace(tmp, out_dir)
-    except OSError:
-        # Another process may have put a dataset in place meanwhile; accept it if complete.
-        if not _is_complete(out_dir, json.loads((tmp / MARKER_NAME).read_text())):
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    params = _params(num_train, num_test, size, seed)
+    return build_folder_atomically(out_dir, params, fill, _expected_files, MARKER_NAME)

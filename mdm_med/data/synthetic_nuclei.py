@@ -18,9 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -28,13 +25,8 @@ from PIL import Image
 from scipy import ndimage
 
 from mdm_med.data.datalist import nested_label_subsets
-from mdm_med.data.synthetic import (
-    _EOSIN_OD,
-    _HAEMATOXYLIN_OD,
-    MARKER_NAME,
-    _fibre_texture,
-    _smooth_noise,
-)
+from mdm_med.data.synthetic import MARKER_NAME, _fibre_texture, _smooth_noise, _stain_to_rgb
+from mdm_med.io import build_folder_atomically
 
 __all__ = ["GENERATOR_VERSION", "generate_monuseg_demo", "render_nuclei_sample"]
 
@@ -176,16 +168,8 @@ def render_nuclei_sample(rng: np.random.Generator, size: tuple[int, int]) -> tup
     e_map = e_map * (1.0 - 0.5 * np.clip(nuc, 0.0, 1.0)) + 0.2 * nuc
 
     # ---- per-tile stain variation, Beer-Lambert colour, blur and noise.
-    e_vec = _EOSIN_OD * rng.uniform(0.85, 1.15) * (1.0 + rng.normal(0.0, 0.06, 3))
-    h_vec = _HAEMATOXYLIN_OD * rng.uniform(0.85, 1.15) * (1.0 + rng.normal(0.0, 0.06, 3))
-    e_map = np.clip(e_map + 0.04 * rng.standard_normal(shape), 0.0, None)
-    h_map = np.clip(h_map + 0.02 * rng.standard_normal(shape), 0.0, None)
-    od = e_map[..., None] * e_vec + h_map[..., None] * h_vec
-    rgb = rng.uniform(235.0, 255.0) * np.exp(-od)
-    sigma = rng.uniform(0.4, 0.9)
-    rgb = ndimage.gaussian_filter(rgb, (sigma, sigma, 0.0))
-    rgb += rng.normal(0.0, 3.0, rgb.shape)
-    return np.clip(np.round(rgb), 0, 255).astype(np.uint8), inst.astype(np.uint16)
+    image = _stain_to_rgb(rng, e_map, h_map, white_min=235.0, blur=(0.4, 0.9), noise_sd=3.0)
+    return image, inst.astype(np.uint16)
 
 
 # ------------------------------------------------------------------------------------------------- dataset
@@ -207,19 +191,9 @@ def _names(params: dict) -> dict[str, list[str]]:
     return {split: [f"{_SPLITS[split][1]}_{i}" for i in range(1, counts[split] + 1)] for split in _SPLITS}
 
 
-def _read_marker(out_dir: Path) -> dict | None:
-    try:
-        marker = json.loads((out_dir / MARKER_NAME).read_text())
-    except (OSError, ValueError):
-        return None
-    return marker if isinstance(marker, dict) else None
-
-
-def _is_complete(out_dir: Path, params: dict) -> bool:
-    if _read_marker(out_dir) != params or not (out_dir / "datalist.json").is_file():
-        return False
-    return all((out_dir / f"{kind}{_SPLITS[split][0]}" / f"{name}.png").is_file()
-               for split, names in _names(params).items() for name in names for kind in _KINDS)
+def _expected_files(params: dict) -> list[str]:
+    return ["datalist.json"] + [f"{kind}{_SPLITS[split][0]}/{name}.png"
+                                for split, names in _names(params).items() for name in names for kind in _KINDS]
 
 
 def _write_split(folder: Path, split: str, names: list[str], size: tuple[int, int], seed: int) -> list[dict]:
@@ -240,23 +214,6 @@ def _write_split(folder: Path, split: str, names: list[str], size: tuple[int, in
     return items
 
 
-def _replace_dir(tmp: Path, out_dir: Path, params: dict) -> None:
-    """Rename the finished ``tmp`` to ``out_dir``; an old ``out_dir`` is renamed away first, then deleted."""
-    old = out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}")
-    if out_dir.exists():
-        os.replace(out_dir, old)
-    try:
-        os.replace(tmp, out_dir)
-    except OSError:
-        # A concurrent run may have put its copy in place meanwhile: accept it if it is the same and complete.
-        if not _is_complete(out_dir, params):
-            if old.exists() and not out_dir.exists():
-                os.replace(old, out_dir)
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def generate_monuseg_demo(out_dir: str | os.PathLike, num_train: int = 12, num_test: int = 6,
                           size: tuple[int, int] = (256, 256), seed: int = 0) -> Path:
     """Write a synthetic MoNuSeg-layout dataset (module docstring) to ``out_dir``; return its resolved path.
@@ -264,36 +221,20 @@ def generate_monuseg_demo(out_dir: str | os.PathLike, num_train: int = 12, num_t
     Names are ``train_1..train_{num_train}`` and ``test_1..test_{num_test}``; tile i of a split is drawn from
     ``SeedSequence(seed, spawn_key=(split_index, i))``, so equal arguments give byte-identical files.
     A complete folder with the same parameters (``demo.json``) is reused as is. Otherwise the set is built in a
-    temporary sibling folder and swapped into place, so an interrupted run never leaves a complete-looking
-    folder. An existing ``out_dir`` is replaced only if it is empty or was written by this generator;
-    anything else raises ``FileExistsError``.
+    temporary sibling folder and swapped into place (``mdm_med.io.build_folder_atomically``). A non-empty
+    ``out_dir`` is replaced only if it holds an earlier set of this generator and nothing else; anything else
+    raises ``FileExistsError``.
     """
     if num_train < 1 or num_test < 0:
         raise ValueError(f"need num_train >= 1 and num_test >= 0, got {num_train}, {num_test}")
     if len(size) != 2 or min(size) < 32:
         raise ValueError(f"size must be (height, width) with both >= 32, got {size!r}")
-    out_dir = Path(out_dir).resolve()
     params = _params(num_train, num_test, size, seed)
-    if _is_complete(out_dir, params):
-        return out_dir
-    if out_dir.exists():
-        if not out_dir.is_dir():
-            raise FileExistsError(f"{out_dir} exists and is not a directory")
-        marker = _read_marker(out_dir)
-        if any(out_dir.iterdir()) and (marker is None or marker.get("generator") != GENERATOR):
-            raise FileExistsError(f"{out_dir} is not empty and holds no {GENERATOR} demo set; not replacing it")
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    def fill(folder: Path) -> None:
         names = _names(params)
-        datalist = {split: _write_split(tmp, split, names[split], size, seed) for split in _SPLITS}
+        datalist = {split: _write_split(folder, split, names[split], size, seed) for split in _SPLITS}
         datalist["label_fractions"] = nested_label_subsets(names["training"], num_train)
-        (tmp / "datalist.json").write_text(json.dumps(datalist, indent=2) + "\n")
-        # The marker goes last: a folder without it is never taken as complete.
-        (tmp / MARKER_NAME).write_text(json.dumps(params, indent=2) + "\n")
-        _replace_dir(tmp, out_dir, params)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir
+        (folder / "datalist.json").write_text(json.dumps(datalist, indent=2) + "\n")
+
+    return build_folder_atomically(out_dir, params, fill, _expected_files, MARKER_NAME)

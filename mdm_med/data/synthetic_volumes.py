@@ -18,24 +18,19 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import shutil
-import tempfile
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from mdm_med.io import build_folder_atomically
+
 __all__ = ["GENERATOR_VERSION", "MARKER_NAME", "generate_hippocampus_demo", "render_volume"]
 
 GENERATOR_VERSION = "hippocampus-demo-1"
 MARKER_NAME = "demo.json"
 LABELS = {"0": "background", "1": "Anterior", "2": "Posterior"}
-
-# Entries an existing out_dir may hold and still be replaced (top level, then inside imagesTr / labelsTr).
-_OWN_TOP = {"imagesTr", "labelsTr", "dataset.json", "datalist.json", MARKER_NAME}
-_OWN_CASE = re.compile(r"^hippocampus_\d+\.nii\.gz$")
 
 
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma: float) -> np.ndarray:
@@ -178,25 +173,9 @@ def _case(i: int) -> str:
     return f"hippocampus_{i:03d}"
 
 
-def _is_complete(out_dir: Path, params: dict) -> bool:
-    try:
-        if json.loads((out_dir / MARKER_NAME).read_text()) != params:
-            return False
-    except (OSError, ValueError):
-        return False
-    names = [f"{sub}/{_case(i)}.nii.gz" for i in range(1, params["num_cases"] + 1) for sub in ("imagesTr", "labelsTr")]
-    return all((out_dir / name).is_file() for name in ["dataset.json", *names])
-
-
-def _foreign(out_dir: Path) -> list[str]:
-    """Entries of an existing ``out_dir`` that a demo set would not hold (relative paths)."""
-    found = []
-    for p in sorted(out_dir.iterdir()):
-        if p.name not in _OWN_TOP or p.is_dir() != (p.name in ("imagesTr", "labelsTr")):
-            found.append(p.name)
-        elif p.is_dir():
-            found += [f"{p.name}/{c.name}" for c in sorted(p.iterdir()) if not _OWN_CASE.match(c.name)]
-    return found
+def _expected_files(params: dict) -> list[str]:
+    cases = [_case(i) for i in range(1, params["num_cases"] + 1)]
+    return ["dataset.json"] + [f"{sub}/{c}.nii.gz" for c in cases for sub in ("imagesTr", "labelsTr")]
 
 
 def _save_nifti(path: Path, array: np.ndarray) -> None:
@@ -238,57 +217,24 @@ def generate_hippocampus_demo(
     ``SeedSequence(seed, spawn_key=(i,))`` so the files are byte-identical for equal arguments.
 
     If ``out_dir`` already holds a complete set with the same parameters (``demo.json`` marker), nothing is
-    written. Otherwise the set is built in a temporary sibling folder and renamed into place, so an
-    interrupted run never leaves a complete-looking folder. An existing ``out_dir`` is only replaced if it
-    holds nothing but demo-style files; anything else raises ``FileExistsError``.
+    written. Otherwise the set is built in a temporary sibling folder and renamed into place
+    (``mdm_med.io.build_folder_atomically``). A non-empty ``out_dir`` is only replaced if it holds an earlier
+    set of this generator and nothing else; anything else raises ``FileExistsError``.
     """
     if num_cases < 1:
         raise ValueError(f"num_cases must be >= 1, got {num_cases}")
     if len(shape) != 3 or min(shape) < 24:
         raise ValueError(f"shape must be (X, Y, Z) with all >= 24, got {shape!r}")
-    out_dir = Path(out_dir).resolve()
-    params = _params(num_cases, shape, seed)
-    if _is_complete(out_dir, params):
-        return out_dir
-    if out_dir.exists():
-        if not out_dir.is_dir():
-            raise FileExistsError(f"{out_dir} exists and is not a directory")
-        foreign = _foreign(out_dir)
-        if foreign:
-            raise FileExistsError(f"{out_dir} holds files that are not a hippocampus demo set (e.g. {foreign[0]!r})")
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
-        (tmp / "imagesTr").mkdir()
-        (tmp / "labelsTr").mkdir()
+    def fill(folder: Path) -> None:
+        (folder / "imagesTr").mkdir()
+        (folder / "labelsTr").mkdir()
         for i in range(1, num_cases + 1):
             rng = np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(i,)))
             image, label = render_volume(rng, shape)
-            _save_nifti(tmp / "imagesTr" / f"{_case(i)}.nii.gz", image)
-            _save_nifti(tmp / "labelsTr" / f"{_case(i)}.nii.gz", label)
-        (tmp / "dataset.json").write_text(json.dumps(_dataset_json(num_cases, shape, seed), indent=2) + "\n")
-        # The marker goes last: a folder without it is never taken as complete.
-        (tmp / MARKER_NAME).write_text(json.dumps(params, indent=2) + "\n")
-        _swap_into_place(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir
+            _save_nifti(folder / "imagesTr" / f"{_case(i)}.nii.gz", image)
+            _save_nifti(folder / "labelsTr" / f"{_case(i)}.nii.gz", label)
+        (folder / "dataset.json").write_text(json.dumps(_dataset_json(num_cases, shape, seed), indent=2) + "\n")
 
-
-def _swap_into_place(tmp: Path, out_dir: Path) -> None:
-    """Rename the finished folder ``tmp`` to ``out_dir``, moving any old ``out_dir`` aside first."""
-    old = None
-    if out_dir.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-        os.replace(out_dir, old / "data")
-    try:
-        os.replace(tmp, out_dir)
-    except OSError:
-        # Another process may have put a set in place meanwhile; accept it if complete.
-        if not _is_complete(out_dir, json.loads((tmp / MARKER_NAME).read_text())):
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    params = _params(num_cases, shape, seed)
+    return build_folder_atomically(out_dir, params, fill, _expected_files, MARKER_NAME)
