@@ -169,3 +169,13 @@ def test_verify_net_in_out(tmp_path, bundle):
     proc = _bundle_cli("verify_net_in_out", "network_def", "--meta_file", str(root / "configs/metadata.json"),
                        "--config_file", str(root / "configs/inference.json"), "--bundle_root", str(root), cwd=tmp_path)
     assert "verified" in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("bundle", sorted(BUNDLES))
+def test_docs_readme_has_the_zoo_sections(bundle):
+    text = open(os.path.join(ROOT, "bundles", bundle, "docs", "README.md")).read()
+    headings = [line.lstrip("#").strip() for line in text.splitlines() if line.startswith("#")]
+    for section in ("Model Overview", "Data", "Training configuration", "Performance", "MONAI Bundle Commands",
+                    "License"):
+        assert section in headings, f"{bundle}/docs/README.md has no '{section}' section"
+    assert "python -m monai.bundle run --config_file bundles/" + bundle in text  # the training command is given
