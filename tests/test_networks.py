@@ -9,6 +9,7 @@ from mdm_med.networks import (
     build_segmenter,
     build_unet,
     feature_norm,
+    optimizer_param_groups,
 )
 from mdm_med.networks.features import upsample
 from mdm_med.networks.unet import PAPER_TAPS
@@ -140,3 +141,33 @@ def test_head_batchnorm_running_stats_start_from_the_first_batch():
     for _ in range(20):
         fused(feats, (16, 16))
     assert fused._warm_momentum(bn) == 0.1
+
+
+def test_optimizer_param_groups_scale_pretrained_weights_only():
+    net = SegmentationUNet("tiny", 2, 3, 2)
+    trainable = {id(p) for p in net.parameters()}
+    one = optimizer_param_groups(net, 1e-3)
+    assert len(one) == 1 and {id(p) for p in one[0]["params"]} == trainable
+    old, new = optimizer_param_groups(net, 1e-3, 0.1)
+    assert old["lr"] == pytest.approx(1e-4) and new["lr"] == 1e-3
+    assert {id(p) for p in new["params"]} == {id(p) for p in net.unet.out[2].parameters()}
+    assert {id(p) for p in old["params"]} | {id(p) for p in new["params"]} == trainable
+    assert not {id(p) for p in old["params"]} & {id(p) for p in new["params"]}
+    # a scale of 0: one AdamW step moves the new output layer only
+    before = {n: p.detach().clone() for n, p in net.named_parameters()}
+    opt = torch.optim.AdamW(optimizer_param_groups(net, 1e-2, 0.0), weight_decay=0.0)
+    x, y = torch.randn(2, 3, 16, 16), torch.randint(0, 2, (2, 16, 16))
+    torch.nn.functional.cross_entropy(net(x), y).backward()
+    opt.step()
+    moved = {n for n, p in net.named_parameters() if not torch.equal(p, before[n])}
+    assert moved == {n for n, _ in net.named_parameters() if net.is_new_layer(n)}
+    with pytest.raises(ValueError, match=">= 0"):
+        optimizer_param_groups(net, 1e-3, -1.0)
+
+
+def test_optimizer_param_groups_head_trains_the_head_only():
+    seg = build_segmenter("head", "tiny", 2, 3, 2, None, patch_size=4)
+    groups = optimizer_param_groups(seg, 1e-3, 0.1)  # not a fine-tuned U-Net: one group, frozen features left out
+    assert len(groups) == 1 and groups[0]["lr"] == 1e-3
+    assert {id(p) for p in groups[0]["params"]} == {id(p) for p in seg.parameters() if p.requires_grad}
+    assert len(groups[0]["params"]) < len(list(seg.parameters()))

@@ -11,7 +11,7 @@ from torch import nn
 
 from mdm_med.networks.unet import build_unet
 
-__all__ = ["SegmentationUNet", "load_state_dict_file", "pretrained_unet", "build_segmenter"]
+__all__ = ["SegmentationUNet", "load_state_dict_file", "pretrained_unet", "build_segmenter", "optimizer_param_groups"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +55,10 @@ class SegmentationUNet(nn.Module):
                 f"pretrained weights do not fit this U-Net: missing {missing[:5]}, shape mismatch {bad[:5]}")
         self.unet.load_state_dict({k: (own[k] if k in head else state[k]) for k in own})
 
+    def is_new_layer(self, name: str) -> bool:
+        """Whether parameter ``name`` (of ``named_parameters()``) is the new output layer, not a pretrained one."""
+        return name.startswith("unet.out.2.")
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.unet(x, None)
         assert isinstance(out, torch.Tensor)  # no taps requested: logits (also refines the type for TorchScript)
@@ -97,3 +101,23 @@ def build_segmenter(mode: str = "finetune", preset: str = "cpu", spatial_dims: i
         features = DecoderFeatures(unet, taps, timestep, patch_size, mask_seed, corruption=feature_corruption)
         return FrozenFeatureSegmenter(features, num_classes)
     raise ValueError(f"unknown segmentation mode {mode!r}; use 'finetune', 'scratch' or 'head'")
+
+
+def optimizer_param_groups(network: nn.Module, lr: float, pretrained_lr_scale: float = 1.0) -> list[dict]:
+    """Trainable parameters of ``network`` as optimizer groups.
+
+    With ``pretrained_lr_scale != 1`` and a ``SegmentationUNet`` (fine-tuning), the weights that come from
+    pretraining train at ``lr * pretrained_lr_scale`` and the new output layer at ``lr`` (two groups); otherwise one
+    group at ``lr``. A scale of 0 freezes the pretrained weights in effect; it must not be negative.
+    """
+    if pretrained_lr_scale < 0:
+        raise ValueError(f"pretrained_lr_scale must be >= 0, got {pretrained_lr_scale}")
+    net = getattr(network, "module", network)  # DistributedDataParallel
+    named = [(n, p) for n, p in net.named_parameters() if p.requires_grad]
+    if not named:
+        raise ValueError(f"{type(net).__name__} has no trainable parameters")
+    if pretrained_lr_scale == 1.0 or not isinstance(net, SegmentationUNet):
+        return [{"params": [p for _, p in named], "lr": lr}]
+    new = [p for n, p in named if net.is_new_layer(n)]
+    old = [p for n, p in named if not net.is_new_layer(n)]
+    return [{"params": old, "lr": lr * pretrained_lr_scale}, {"params": new, "lr": lr}]
