@@ -101,7 +101,7 @@ def test_cell_overrides(tmp_path):
     mae_head = runner.overrides(cells["mae__head__f0.1__s1"])
     assert mae_head["seg_mode"] == "head" and mae_head["seg_timestep"] == 0 and mae_head["seed"] == 1
     assert mae_head["label_fraction"] == 0.1 and mae_head["pretrained_checkpoint"] == pre["pretrained_checkpoint"]
-    assert mae_head["pretrain_iterations"] == 400
+    assert mae_head["pretrain_iterations"] == p.bundle_overrides["pretrain_iterations"]
     ddpm = runner.overrides(cells["ddpm__head_t150__f0.1__s1"])
     assert ddpm["seg_timestep"] == 150 and ddpm["feature_corruption"]["_target_"].endswith("GaussianDiffusion")
     scratch = runner.overrides(cells["scratch__finetune__f0.1__s1"])
@@ -114,6 +114,26 @@ def test_cell_overrides(tmp_path):
     # the fingerprint ignores paths that follow --out, not settings
     moved = dict(scratch, output_dir="/elsewhere", run=[])
     assert fingerprint(moved) == fingerprint(scratch) != fingerprint(dict(scratch, seed=2))
+
+
+def test_method_reuses_another_methods_pretraining(tmp_path):
+    spec = {"methods": {"mdm": {"overrides": {"pretrain_loss": "ssim"}},
+                        "mdm_slow": {"pretrained_by": "mdm", "protocols": ["finetune"],
+                                     "overrides": {"finetune_lr_scale": 0.1}}}}
+    p = load_profile(spec)
+    cells = plan_cells(p, methods=["mdm_slow"], fractions=[0.1], seeds=[0])
+    assert [c.name for c in cells] == ["pretrain__mdm", "mdm_slow__finetune__f0.1__s0"]  # the source's pretraining
+    both = plan_cells(p, fractions=[0.1], seeds=[0, 1])
+    assert sum(c.kind == "pretrain" for c in both) == 1
+    runner = BenchmarkRunner(p, tmp_path / "data", tmp_path / "out", log=lambda *a: None)
+    ov = runner.overrides(cells[1])
+    assert ov["pretrained_checkpoint"] == str(tmp_path / "out" / "pretrain" / "mdm" / "pretrained.pt")
+    assert ov["pretrain_method"] == "mdm" and ov["finetune_lr_scale"] == 0.1 and ov["seg_mode"] == "finetune"
+    assert runner.overrides(cells[0]) == runner.overrides(plan_cells(p, methods=["mdm"])[0])  # same job, same result
+    with pytest.raises(ValueError, match="must name a method"):
+        load_profile({"methods": {"a": {"pretrained_by": "nope"}}})
+    with pytest.raises(ValueError, match="may not set pretraining settings"):
+        load_profile({"methods": {"mdm": {}, "b": {"pretrained_by": "mdm", "overrides": {"pretrain_loss": "mse"}}}})
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -92,6 +92,12 @@ class Method:
     protocols: tuple[str, ...]
     overrides: dict
     head_timesteps: tuple[int, ...] = ()
+    pretrained_by: str = ""  # another method whose pretraining this one reuses (fine-tuning variants)
+
+    @property
+    def pretraining(self) -> str:
+        """Name of the method whose pretraining job gives this method's weights."""
+        return self.pretrained_by or self.name
 
 
 @dataclass
@@ -143,7 +149,7 @@ def load_profile(config: str | os.PathLike | dict, overrides: dict | None = None
     methods: dict[str, Method] = {}
     for name, spec in (config["methods"] or {}).items():
         spec = spec or {}
-        unknown = set(spec) - {"label", "pretrain", "protocols", "overrides", "head_timesteps"}
+        unknown = set(spec) - {"label", "pretrain", "protocols", "overrides", "head_timesteps", "pretrained_by"}
         if unknown:
             raise ValueError(f"method {name!r}: unknown keys {sorted(unknown)}")
         ov = dict(spec.get("overrides") or {})
@@ -154,7 +160,19 @@ def load_profile(config: str | os.PathLike | dict, overrides: dict | None = None
         methods[name] = Method(
             name=name, label=str(spec.get("label", name)), pretrain=bool(spec.get("pretrain", True)),
             protocols=tuple(spec.get("protocols") or protocols), overrides=ov,
-            head_timesteps=tuple(int(t) for t in spec.get("head_timesteps") or ()))
+            head_timesteps=tuple(int(t) for t in spec.get("head_timesteps") or ()),
+            pretrained_by=str(spec.get("pretrained_by") or ""))
+    for m in methods.values():
+        if not m.pretrained_by:
+            continue
+        donor = methods.get(m.pretrained_by)
+        if donor is None or not donor.pretrain or donor.pretrained_by:
+            raise ValueError(f"method {m.name!r}: pretrained_by {m.pretrained_by!r} must name a method of this profile "
+                             "that runs its own pretraining")
+        changed = sorted(k for k in m.overrides if k.startswith("pretrain"))
+        if changed or not m.pretrain:
+            raise ValueError(f"method {m.name!r} reuses the pretraining of {donor.name!r}, so it may not set "
+                             f"pretraining settings ({changed or 'pretrain: false'})")
     profile = Profile(
         name=str(config.get("name", Path(source).stem if source else "benchmark")),
         fractions=_floats(config.get("fractions") or DEFAULT_FRACTIONS),
@@ -233,9 +251,9 @@ def plan_cells(profile: Profile, methods: Sequence[str] | None = None, fractions
             for name in names:
                 m = profile.methods[name]
                 for proto in (x for x in m.protocols if x in protos):
-                    if m.pretrain and name not in pretrained:
-                        cells.append(Cell("pretrain", m))
-                        pretrained.add(name)
+                    if m.pretrain and m.pretraining not in pretrained:
+                        cells.append(Cell("pretrain", profile.methods[m.pretraining]))
+                        pretrained.add(m.pretraining)
                     steps = m.head_timesteps if proto == "head" and m.head_timesteps else (None,)
                     for t in steps:
                         cells.append(Cell("segment", m, proto, frac, int(seed), t))
@@ -324,7 +342,7 @@ class BenchmarkRunner:
 
     # paths --------------------------------------------------------------------------------------------------
     def pretrain_dir(self, method: Method) -> Path:
-        return self.out / "pretrain" / method.name
+        return self.out / "pretrain" / method.pretraining
 
     def work_dir(self, cell: Cell) -> Path:
         return self.pretrain_dir(cell.method) if cell.kind == "pretrain" else self.out / "cells" / cell.name
@@ -343,7 +361,7 @@ class BenchmarkRunner:
         common = {"dataset_dir": str(self.data_dir), "bundle_root": str(self.bundle_root)}
         if m.pretrain:
             common["pretrained_checkpoint"] = str(self.pretrain_dir(m) / "pretrained.pt")
-            common["pretrain_method"] = m.name
+            common["pretrain_method"] = m.pretraining
         else:
             common["pretrained_checkpoint"] = None
             common["pretrain_method"] = "none"
@@ -467,8 +485,8 @@ class BenchmarkRunner:
                  f"{len(done)} already finished, {len(todo)} to run; output {self.out}")
         ran, failed, broken = [], {}, set()
         for i, cell in enumerate(todo):
-            if cell.kind == "segment" and cell.method.name in broken:
-                failed[cell.name] = f"pretraining of {cell.method.name} failed"
+            if cell.kind == "segment" and cell.method.pretraining in broken:
+                failed[cell.name] = f"pretraining of {cell.method.pretraining} failed"
                 continue
             eta = self._eta(todo[i:], done, cells)
             left = f"time left ~{_fmt_s(eta)}" if eta is not None else \
@@ -478,7 +496,7 @@ class BenchmarkRunner:
                 if cell.kind == "pretrain":
                     result = self.run_pretrain(cell)
                 else:
-                    result = self.run_segment(cell, done.get(Cell("pretrain", cell.method).name))
+                    result = self.run_segment(cell, done.get(f"pretrain__{cell.method.pretraining}"))
             except CellFailed as err:
                 self.log(f"[benchmark] FAILED {err}")
                 failed[cell.name] = str(err).splitlines()[0]
