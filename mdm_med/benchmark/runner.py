@@ -496,7 +496,8 @@ class BenchmarkRunner:
                 if cell.kind == "pretrain":
                     result = self.run_pretrain(cell)
                 else:
-                    result = self.run_segment(cell, done.get(f"pretrain__{cell.method.pretraining}"))
+                    source = Cell("pretrain", self.profile.methods[cell.method.pretraining])
+                    result = self.run_segment(cell, done.get(source.name))
             except CellFailed as err:
                 self.log(f"[benchmark] FAILED {err}")
                 failed[cell.name] = str(err).splitlines()[0]

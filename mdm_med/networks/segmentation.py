@@ -35,6 +35,8 @@ class SegmentationUNet(nn.Module):
     pretraining U-Net; every weight but the output layer is copied (shapes must match, else an error).
     """
 
+    NEW_LAYER = "out.2."  # prefix (in ``self.unet``) of the output layer, which pretraining does not provide
+
     def __init__(self, preset: str = "cpu", spatial_dims: int = 2, in_channels: int = 3, num_classes: int = 2,
                  pretrained: str | None = None, pretrained_key: str | None = None, **overrides):
         super().__init__()
@@ -47,7 +49,7 @@ class SegmentationUNet(nn.Module):
 
     def load_pretrained(self, state: dict[str, torch.Tensor]) -> None:
         own = self.unet.state_dict()
-        head = {k for k in own if k.startswith("out.2.")}
+        head = {k for k in own if k.startswith(self.NEW_LAYER)}
         missing = [k for k in own if k not in head and k not in state]
         bad = [k for k in own if k not in head and k in state and state[k].shape != own[k].shape]
         if missing or bad:
@@ -57,7 +59,7 @@ class SegmentationUNet(nn.Module):
 
     def is_new_layer(self, name: str) -> bool:
         """Whether parameter ``name`` (of ``named_parameters()``) is the new output layer, not a pretrained one."""
-        return name.startswith("unet.out.2.")
+        return name.startswith("unet." + self.NEW_LAYER)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.unet(x, None)
