@@ -13,7 +13,8 @@ import pytest
 
 from mdm_med.benchmark import aggregate, cell_run_list, load_profile, markdown_report, plan_cells, select_on_validation
 from mdm_med.benchmark.__main__ import main
-from mdm_med.benchmark.runner import VAL_SUMMARY, BenchmarkRunner, default_bundle_dir, fingerprint, resolved_config
+from mdm_med.benchmark.runner import (SEGMENTATION_KEYS, VAL_SUMMARY, BenchmarkRunner, default_bundle_dir, fingerprint,
+                                     resolved_config)
 
 REPO = Path(__file__).resolve().parents[1]
 CPU_PROFILE = REPO / "benchmarks" / "glas_cpu.yaml"
@@ -114,6 +115,21 @@ def test_cell_overrides(tmp_path):
     # the fingerprint ignores paths that follow --out, not settings
     moved = dict(scratch, output_dir="/elsewhere", run=[])
     assert fingerprint(moved) == fingerprint(scratch) != fingerprint(dict(scratch, seed=2))
+
+
+def test_pretraining_ignores_segmentation_settings(tmp_path):
+    """A longer fine-tuning budget or another augmentation reuses the pretraining; a pretraining setting does not."""
+    def pretrain_fp(**bundle_overrides):
+        p = load_profile(CPU_PROFILE, overrides=bundle_overrides)
+        runner = BenchmarkRunner(p, tmp_path / "data", tmp_path / "out", log=lambda *a: None)
+        ov = runner.overrides(plan_cells(p, methods=["mdm"], fractions=[0.1], seeds=[0])[0])
+        assert not set(ov) & SEGMENTATION_KEYS
+        return fingerprint(ov)
+
+    base = pretrain_fp()
+    assert pretrain_fp(max_epochs=99, val_interval=3, train_transforms=[]) == base
+    assert pretrain_fp(pretrain_iterations=123) != base
+    assert pretrain_fp(crop_size=32) != base
 
 
 def test_method_reuses_another_methods_pretraining(tmp_path):

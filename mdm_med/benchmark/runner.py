@@ -68,6 +68,11 @@ VAL_SUMMARY = (
     "'epochs_run': int(@train#trainer.state.epoch)}, "
     "os.path.join(@output_dir, 'val_metrics.json'))"
 )
+# Keys that only the segmentation run reads: a pretraining job does not get them, so changing them (e.g. a longer
+# fine-tuning budget) reuses the pretraining of the same --out.
+SEGMENTATION_KEYS = frozenset({"max_epochs", "val_interval", "early_stop_patience", "early_stop_warmup", "seg_mode",
+                               "seg_batch_size", "seg_lr", "seg_timestep", "seg_dice_weight", "seg_pretrained",
+                               "finetune_lr_scale", "feature_corruption", "train_transforms", "eval_transforms"})
 FINGERPRINT_IGNORE = ("run", "bundle_root", "output_dir", "pretrained_checkpoint")  # paths that follow --out
 
 
@@ -366,6 +371,7 @@ class BenchmarkRunner:
             common["pretrained_checkpoint"] = None
             common["pretrain_method"] = "none"
         if cell.kind == "pretrain":
+            ov = {k: v for k, v in ov.items() if k not in SEGMENTATION_KEYS}
             ov.update(common, seed=self.profile.pretrain_seed, output_dir=str(self.pretrain_dir(m)))
             return ov
         if cell.timestep is not None:
