@@ -1,5 +1,6 @@
-"""Pieces injected into MONAI's engines: the corrupting ``prepare_batch`` for pretraining, and the pretrained
-checkpoint bookkeeping. The training loops themselves are MONAI's ``SupervisedTrainer`` / ``SupervisedEvaluator``.
+"""Pieces injected into MONAI's engines: the corrupting ``prepare_batch`` for pretraining, bfloat16 autocast on CPU,
+and the pretrained checkpoint bookkeeping. The training loops themselves are MONAI's ``SupervisedTrainer`` /
+``SupervisedEvaluator``.
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ from collections.abc import Mapping
 
 import torch
 from monai.engines import PrepareBatch
+from monai.inferers import Inferer
 
-__all__ = ["MaskedPrepareBatch", "pretrained_ready"]
+__all__ = ["MaskedPrepareBatch", "CpuAutocastInferer", "autocast_inferer", "engine_amp", "pretrained_ready"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +45,39 @@ class MaskedPrepareBatch(PrepareBatch):
         t = self.corruption.sample_timesteps(x0.shape[0], device=x0.device, generator=gen)
         xt = self.corruption.add_noise(x0, t, generator=gen)
         return xt, x0, (t,), {}
+
+
+def engine_amp(amp: bool, device) -> bool:
+    """The ``amp`` flag for MONAI's engines: their mixed precision (float16 autocast + grad scaler) is CUDA only."""
+    return bool(amp) and torch.device(device).type == "cuda"
+
+
+def autocast_inferer(inferer: Inferer, amp: bool, device) -> Inferer:
+    """The bundles' inferer for their ``amp`` switch: ``CpuAutocastInferer(inferer)`` when ``amp`` is on and the device
+    is the CPU, else ``inferer`` itself (on CUDA, MONAI's engines do mixed precision: ``engine_amp``)."""
+    return CpuAutocastInferer(inferer) if amp and torch.device(device).type == "cpu" else inferer
+
+
+class CpuAutocastInferer(Inferer):
+    """Run ``inferer`` with every network call (each sliding window too) under CPU autocast (bfloat16 by default).
+
+    Outputs come back as float32, so the loss, the window blending and the metrics stay in float32. MONAI's engines
+    cannot do this themselves: their ``amp`` autocasts CUDA only. Inputs on another device go through unchanged.
+    """
+
+    def __init__(self, inferer: Inferer, dtype: torch.dtype = torch.bfloat16):
+        self.inferer, self.dtype = inferer, dtype
+
+    def __call__(self, inputs: torch.Tensor, network, *args, **kwargs):
+        if inputs.device.type != "cpu":
+            return self.inferer(inputs, network, *args, **kwargs)
+
+        def autocast_network(*a, **k):
+            with torch.autocast("cpu", dtype=self.dtype):
+                out = network(*a, **k)
+            return out.float() if torch.is_tensor(out) and out.is_floating_point() else out
+
+        return self.inferer(inputs, autocast_network, *args, **kwargs)
 
 
 def pretrained_ready(path: str, expected_meta: Mapping | None = None) -> bool:
