@@ -13,8 +13,8 @@ import pytest
 
 from mdm_med.benchmark import aggregate, cell_run_list, load_profile, markdown_report, plan_cells, select_on_validation
 from mdm_med.benchmark.__main__ import main
-from mdm_med.benchmark.runner import (SEGMENTATION_KEYS, VAL_SUMMARY, BenchmarkRunner, default_bundle_dir, fingerprint,
-                                     resolved_config)
+from mdm_med.benchmark.runner import (SEGMENTATION_KEYS, VAL_SUMMARY, BenchmarkRunner, bundle_fingerprint,
+                                     default_bundle_dir, fingerprint, resolved_config)
 
 REPO = Path(__file__).resolve().parents[1]
 CPU_PROFILE = REPO / "benchmarks" / "glas_cpu.yaml"
@@ -130,6 +130,31 @@ def test_pretraining_ignores_segmentation_settings(tmp_path):
     assert pretrain_fp(max_epochs=99, val_interval=3, train_transforms=[]) == base
     assert pretrain_fp(pretrain_iterations=123) != base
     assert pretrain_fp(crop_size=32) != base
+
+
+def test_results_from_another_bundle_version_are_refused(tmp_path):
+    p = load_profile(CPU_PROFILE)
+    runner = BenchmarkRunner(p, tmp_path / "data", tmp_path / "out", log=lambda *a: None)
+    pre, seg = plan_cells(p, methods=["mdm"], protocols=["finetune"], fractions=[0.1], seeds=[0])
+    config = runner.bundle_config
+    # a new segmentation augmentation changes the segmentation cells' fingerprint, not the pretraining's
+    changed = dict(config, train_transforms=config["train_transforms"][:-2] + config["train_transforms"][-1:])
+    assert bundle_fingerprint(changed, "segment") != bundle_fingerprint(config, "segment")
+    assert bundle_fingerprint(changed, "pretrain") == bundle_fingerprint(config, "pretrain")
+    assert bundle_fingerprint(dict(config, pretrain_lr=1.0), "pretrain") != bundle_fingerprint(config, "pretrain")
+    assert bundle_fingerprint(dict(config, _comment="x"), "segment") == bundle_fingerprint(config, "segment")
+
+    path = runner.result_path(seg)
+    path.parent.mkdir(parents=True)
+    result = {"cell": seg.name, "fingerprint": fingerprint(runner.overrides(seg))}
+    path.write_text(json.dumps(result))
+    assert runner.finished(seg)["cell"] == seg.name  # results written before the bundle fingerprint existed
+    path.write_text(json.dumps(dict(result, bundle_fingerprint=bundle_fingerprint(config, "segment"))))
+    assert runner.finished(seg)["cell"] == seg.name
+    path.write_text(json.dumps(dict(result, bundle_fingerprint=bundle_fingerprint(changed, "segment"))))
+    with pytest.raises(ValueError, match="another version of the bundle"):
+        runner.finished(seg)
+    assert runner.finished(pre) is None
 
 
 def test_method_reuses_another_methods_pretraining(tmp_path):

@@ -73,6 +73,11 @@ VAL_SUMMARY = (
 SEGMENTATION_KEYS = frozenset({"max_epochs", "val_interval", "early_stop_patience", "early_stop_warmup", "seg_mode",
                                "seg_batch_size", "seg_lr", "seg_timestep", "seg_dice_weight", "seg_pretrained",
                                "finetune_lr_scale", "feature_corruption", "train_transforms", "eval_transforms"})
+# Parts of the bundle's own (resolved) config that only segmentation reads, left out of a pretraining's bundle
+# fingerprint; everything else counts for both.
+SEGMENTATION_SECTIONS = SEGMENTATION_KEYS | {"train", "validate", "test", "test_metrics", "network_def", "network",
+                                             "model_settings", "record", "run", "run_name", "ckpt_path",
+                                             "output_dir", "eval_keys", "label_fraction", "publish"}
 FINGERPRINT_IGNORE = ("run", "bundle_root", "output_dir", "pretrained_checkpoint")  # paths that follow --out
 
 
@@ -290,6 +295,24 @@ def fingerprint(overrides: dict) -> str:
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _without_comments(x):
+    if isinstance(x, dict):
+        return {k: _without_comments(v) for k, v in x.items() if k != "_comment"}
+    if isinstance(x, list):
+        return [_without_comments(v) for v in x]
+    return x
+
+
+def bundle_fingerprint(config: dict, kind: str) -> str:
+    """Hash of the bundle's resolved config (comments left out) that a cell of ``kind`` depends on: the whole config
+    for a segmentation cell, all but ``SEGMENTATION_SECTIONS`` for a pretraining. Results store it, so a changed
+    bundle default (say, the augmentation) is not mixed with results made before the change."""
+    config = _without_comments(config)
+    if kind == "pretrain":
+        config = {k: v for k, v in config.items() if k not in SEGMENTATION_SECTIONS}
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # the runner
 # ---------------------------------------------------------------------------------------------------------------
@@ -343,7 +366,8 @@ class BenchmarkRunner:
         self.verbose = verbose
         self.log = log
         self.repo_root = Path(__file__).resolve().parents[2]
-        self.bundle_run = resolved_config(self.bundle_dir / "configs" / "train.json", self.repo_root)["run"]
+        self.bundle_config = resolved_config(self.bundle_dir / "configs" / "train.json", self.repo_root)
+        self.bundle_run = self.bundle_config["run"]
 
     # paths --------------------------------------------------------------------------------------------------
     def pretrain_dir(self, method: Method) -> Path:
@@ -403,6 +427,12 @@ class BenchmarkRunner:
                 f"{path} was made with other settings than this run (fingerprint {result.get('fingerprint')} vs "
                 f"{want}; see {self.work_dir(cell) / 'overrides.json'}). Use a new --out, or delete the old result "
                 "to recompute it.")
+        want = bundle_fingerprint(self.bundle_config, cell.kind)
+        if result.get("bundle_fingerprint", want) != want:  # results written before this check carry none
+            raise ValueError(
+                f"{path} was made with another version of the bundle's configs ({self.bundle_dir}; bundle "
+                f"fingerprint {result['bundle_fingerprint']} vs {want}). Use a new --out, or delete the old result "
+                "to recompute it.")
         return result
 
     # running ------------------------------------------------------------------------------------------------
@@ -446,6 +476,7 @@ class BenchmarkRunner:
         ov = self.overrides(cell)
         result = {"cell": cell.name, "method": cell.method.name, "pretrained_checkpoint": str(ckpt), "wall_s": wall,
                   "pretrain_iterations": ov.get("pretrain_iterations"), "fingerprint": fingerprint(ov),
+                  "bundle_fingerprint": bundle_fingerprint(self.bundle_config, cell.kind),
                   "finished_at": time.strftime("%Y-%m-%d %H:%M:%S")}
         write_json_atomic(result, self.result_path(cell))
         return result
@@ -473,6 +504,7 @@ class BenchmarkRunner:
             "epochs_run": val.get("epochs_run"),
             "pretrain_wall_s": pretrain_result.get("wall_s") if pretrain_result else None,
             "seg_wall_s": wall, "output_dir": str(work), "fingerprint": fingerprint(ov),
+            "bundle_fingerprint": bundle_fingerprint(self.bundle_config, cell.kind),
             "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
         }
         write_json_atomic(result, self.result_path(cell))
