@@ -14,7 +14,7 @@ import pytest
 from mdm_med.benchmark import aggregate, cell_run_list, load_profile, markdown_report, plan_cells, select_on_validation
 from mdm_med.benchmark.__main__ import main
 from mdm_med.benchmark.runner import (SEGMENTATION_KEYS, VAL_SUMMARY, BenchmarkRunner, bundle_fingerprint,
-                                     default_bundle_dir, fingerprint, resolved_config)
+                                     default_bundle_dir, evaluation_fingerprint, fingerprint, resolved_config)
 
 REPO = Path(__file__).resolve().parents[1]
 CPU_PROFILE = REPO / "benchmarks" / "glas_cpu.yaml"
@@ -143,6 +143,14 @@ def test_results_from_another_bundle_version_are_refused(tmp_path):
     assert bundle_fingerprint(changed, "pretrain") == bundle_fingerprint(config, "pretrain")
     assert bundle_fingerprint(dict(config, pretrain_lr=1.0), "pretrain") != bundle_fingerprint(config, "pretrain")
     assert bundle_fingerprint(dict(config, _comment="x"), "segment") == bundle_fingerprint(config, "segment")
+    # the test-only mask clean-up changes neither training fingerprint, only the evaluation one
+    cleaned = dict(config, min_object_size=1234, fill_holes=not config["fill_holes"])
+    for kind in ("segment", "pretrain"):
+        assert bundle_fingerprint(cleaned, kind) == bundle_fingerprint(config, kind)
+    ov = runner.overrides(seg)
+    assert evaluation_fingerprint(cleaned, ov) != evaluation_fingerprint(config, ov)
+    assert evaluation_fingerprint(config, {**ov, "min_object_size": 5}) != evaluation_fingerprint(config, ov)
+    assert fingerprint({**ov, "min_object_size": 5, "test_metrics#x": {}}) == fingerprint(ov)
 
     path = runner.result_path(seg)
     path.parent.mkdir(parents=True)
@@ -257,7 +265,7 @@ def test_end_to_end_and_restart(tmp_path, capsys):
             "--fractions", "1.0", "--seeds", "0", "--bundle-root", str(tmp_path / "bundle_root"), "--set", *TINY]
     assert main(argv) == 0
     log = capsys.readouterr().out
-    assert "time left" in log and "ran 4, skipped 0" in log
+    assert "time left" in log and "ran 4, re-scored 0, skipped 0" in log
 
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))
@@ -292,7 +300,7 @@ def test_end_to_end_and_restart(tmp_path, capsys):
     logs = {p: p.stat().st_size for p in out.glob("cells/*/log.txt")}
     assert main(argv) == 0
     log = capsys.readouterr().out
-    assert "ran 0, skipped 4 finished" in log and "starting" not in log
+    assert "ran 0, re-scored 0, skipped 4 finished" in log and "starting" not in log
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert {p: p.stat().st_size for p in logs} == logs
     with open(out / "results.csv") as f:
@@ -301,3 +309,27 @@ def test_end_to_end_and_restart(tmp_path, capsys):
     # a restart with other settings refuses to mix results
     assert main([*argv, "max_epochs=2"]) == 2
     assert "other settings" in capsys.readouterr().err
+
+    # other test-only settings (mask clean-up) re-score the saved models: nothing is trained again
+    clean = ["fill_holes=true", "min_object_size=40"]
+    before = {p.name: json.loads(p.read_text()) for p in results}
+    assert main([*argv, *clean]) == 0
+    log = capsys.readouterr().out
+    assert "ran 0, re-scored 3, skipped 1 finished" in log and "starting" not in log
+    for p in results:
+        old, new = before[p.name], json.loads(p.read_text())
+        assert new["seg_wall_s"] == old["seg_wall_s"] and new["val_dice"] == old["val_dice"]
+        assert new["evaluation_fingerprint"] != old["evaluation_fingerprint"] and new["eval_wall_s"] > 0
+        assert "fill_holes=true" not in (out / "cells" / old["cell"] / "command.sh").read_text()
+        assert (out / "cells" / old["cell"] / "evaluate_overrides.json").is_file()
+    assert json.loads((cell / "evaluate_overrides.json").read_text())["min_object_size"] == 40
+    assert main([*argv, *clean]) == 0 and "re-scored 0, skipped 4" in capsys.readouterr().out
+    # ... and a re-scored cell equals the same cell trained afresh with those settings
+    fresh = tmp_path / "fresh"
+    fresh_argv = [*argv[:5], str(fresh), *argv[6:]]
+    fresh_argv[fresh_argv.index("--methods") + 1:fresh_argv.index("--methods") + 3] = ["scratch"]
+    assert main([*fresh_argv, *clean]) == 0
+    capsys.readouterr()
+    again = json.loads((fresh / "results" / "scratch__finetune__f1__s0.json").read_text())
+    rescored = json.loads((out / "results" / "scratch__finetune__f1__s0.json").read_text())
+    assert again["dice"] == rescored["dice"] and again["object_f1"] == rescored["object_f1"]

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from mdm_med.data.datalist import labelled_subset, nested_label_subsets, pretraining_items
@@ -104,3 +105,53 @@ def test_demo_fallback_is_announced(tmp_path, caplog):
     assert len(scan_glas(folder)["train"]) == 4
     make_layout(tmp_path / "real") if (tmp_path / "real").mkdir() is None else None
     assert resolve_glas_dir(str(tmp_path / "real"), tmp_path / "demo") == (str(tmp_path / "real"), False)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# CleanLabelMapd: the test-time mask clean-up
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _label_map() -> np.ndarray:
+    """(12, 12): a 5 x 5 class-1 ring (a 1-pixel hole at its centre), a 2-pixel class-1 speck, a 3-pixel class-2
+    speck and a class-1 bar along the border enclosing nothing."""
+    m = np.zeros((12, 12), np.int64)
+    m[1:6, 1:6] = 1
+    m[3, 3] = 0          # hole inside the ring
+    m[8, 8:10] = 1       # 2-pixel speck
+    m[10, 1:4] = 2       # 3-pixel class-2 speck
+    m[0:4, 11] = 1       # 4-pixel bar on the border
+    return m
+
+
+def test_clean_label_map_removes_small_objects_per_class_and_fills_holes():
+    from monai.data import MetaTensor
+
+    from mdm_med.data.transforms import CleanLabelMapd
+
+    m = _label_map()
+    x = MetaTensor(torch.as_tensor(m[None], dtype=torch.float32), meta={"filename_or_obj": "a.png"})
+    out = CleanLabelMapd("pred", min_object_size=3)({"pred": x})["pred"]
+    assert isinstance(out, MetaTensor) and out.dtype == torch.float32 and out.meta["filename_or_obj"] == "a.png"
+    got = out[0].numpy().astype(np.int64)
+    assert got[8, 8:10].tolist() == [0, 0]                  # the 2-pixel speck is gone
+    assert got[10, 1:4].tolist() == [2, 2, 2]               # 3 pixels of class 2 stay (not < 3)
+    assert got[3, 3] == 0 and (got[0:4, 11] == 1).all()     # no filling asked for
+    assert (x[0].numpy() == m).all()                        # the input is left alone
+
+    filled = CleanLabelMapd("pred", min_object_size=4, fill_holes=True)({"pred": x})["pred"][0].numpy()
+    assert filled[3, 3] == 1 and filled[10, 1:4].tolist() == [0, 0, 0] and (filled[0:4, 11] == 1).all()
+    assert filled.sum() == 25 + 4                           # the ring with its hole filled, and the border bar
+
+
+def test_clean_label_map_defaults_and_bad_input():
+    from mdm_med.data.transforms import CleanLabelMapd
+
+    x = torch.as_tensor(_label_map()[None])
+    assert torch.equal(CleanLabelMapd("pred")({"pred": x})["pred"], x)  # 0 / False: unchanged
+    with pytest.raises(ValueError, match="label map"):
+        CleanLabelMapd("pred", min_object_size=2)({"pred": torch.zeros(2, 4, 4)})  # one-hot
+    with pytest.raises(ValueError, match="non-integer"):
+        CleanLabelMapd("pred", fill_holes=True)({"pred": torch.full((1, 4, 4), 0.5)})
+    with pytest.raises(ValueError, match="min_object_size"):
+        CleanLabelMapd("pred", min_object_size=-1)

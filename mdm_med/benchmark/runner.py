@@ -10,7 +10,10 @@ A *cell* is one bundle run in its own Python process (``python -m monai.bundle r
 The overrides of each cell are written to ``<cell dir>/overrides.json`` and merged as the last config file, so
 the exact command in ``<cell dir>/command.sh`` reproduces the cell. A cell is finished when its result JSON
 (``<out>/results/<cell>.json``, written atomically) exists; a restarted benchmark skips finished cells and refuses
-to mix results made with different settings (the result stores a fingerprint of the overrides).
+to mix results made with different settings (the result stores a fingerprint of the overrides and of the bundle).
+Settings that only the test reads (``EVALUATION_KEYS``: the mask clean-up, the test metrics) are fingerprinted
+apart: when only they change, a finished cell is re-scored from its saved model (``evaluate_command.sh``), not
+trained again. Validation, which picks the checkpoint, does not read them, so a re-scored cell equals a fresh one.
 
 Why a subprocess per cell rather than ``ConfigWorkflow`` in-process: every cell starts from a clean interpreter
 (no global RNG / determinism flags, logging handlers, ignite handlers, CacheDataset memory or CUDA allocator
@@ -72,7 +75,12 @@ VAL_SUMMARY = (
 # fine-tuning budget) reuses the pretraining of the same --out.
 SEGMENTATION_KEYS = frozenset({"max_epochs", "val_interval", "early_stop_patience", "early_stop_warmup", "seg_mode",
                                "seg_batch_size", "seg_lr", "seg_timestep", "seg_dice_weight", "seg_pretrained",
-                               "finetune_lr_scale", "feature_corruption", "train_transforms", "eval_transforms"})
+                               "finetune_lr_scale", "feature_corruption", "train_transforms", "eval_transforms",
+                               "min_object_size", "fill_holes"})
+# Keys (and override prefixes, as in "test_metrics#test_object_f1") that only the test reads, and the bundle sections
+# made of them: a change re-scores finished cells from their saved models.
+EVALUATION_KEYS = frozenset({"min_object_size", "fill_holes", "test_metrics"})
+EVALUATION_SECTIONS = EVALUATION_KEYS | {"test"}
 # Parts of the bundle's own (resolved) config that only segmentation reads, left out of a pretraining's bundle
 # fingerprint; everything else counts for both.
 SEGMENTATION_SECTIONS = SEGMENTATION_KEYS | {"train", "validate", "test", "test_metrics", "network_def", "network",
@@ -290,9 +298,35 @@ def cell_run_list(bundle_run: Sequence, pretrained: bool) -> list:
     return out
 
 
+def _hash(x) -> str:
+    return hashlib.sha256(json.dumps(x, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _is_evaluation_key(key: str) -> bool:
+    return key.split("#")[0] in EVALUATION_KEYS
+
+
 def fingerprint(overrides: dict) -> str:
-    kept = {k: v for k, v in overrides.items() if k not in FINGERPRINT_IGNORE}
-    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    """Hash of a cell's overrides that decide its training (paths that follow --out and test-only keys left out)."""
+    return _hash({k: v for k, v in overrides.items() if k not in FINGERPRINT_IGNORE and not _is_evaluation_key(k)})
+
+
+def evaluation_fingerprint(config: dict, overrides: dict) -> str:
+    """Hash of what only the test reads: the bundle's ``EVALUATION_SECTIONS`` and the overrides' evaluation keys."""
+    config = _without_comments(config)
+    return _hash({"bundle": {k: v for k, v in config.items() if k in EVALUATION_SECTIONS},
+                  "overrides": {k: v for k, v in overrides.items() if _is_evaluation_key(k)}})
+
+
+def evaluation_run_list(bundle_dir: str | os.PathLike, repo_root: str | os.PathLike) -> list:
+    """The ``run`` steps of the bundle's ``configs/evaluate.json`` without the run record (which stays the
+    training's): test the model at ``ckpt_path`` and write ``test_metrics.json``."""
+    path = Path(bundle_dir) / "configs" / "evaluate.json"
+    steps = resolved_config(path, repo_root).get("run", []) if path.is_file() else []
+    steps = [s for s in steps if "write_run_record(" not in str(s)]
+    if not any("@test#evaluator.run()" in str(s) for s in steps):
+        raise ValueError(f"{path} has no 'run' list with '@test#evaluator.run()'; cannot re-score finished cells")
+    return steps
 
 
 def _without_comments(x):
@@ -304,13 +338,13 @@ def _without_comments(x):
 
 
 def bundle_fingerprint(config: dict, kind: str) -> str:
-    """Hash of the bundle's resolved config (comments left out) that a cell of ``kind`` depends on: the whole config
-    for a segmentation cell, all but ``SEGMENTATION_SECTIONS`` for a pretraining. Results store it, so a changed
-    bundle default (say, the augmentation) is not mixed with results made before the change."""
+    """Hash of the bundle's resolved config (comments left out) that the training of a cell of ``kind`` depends on:
+    all but ``EVALUATION_SECTIONS`` for a segmentation cell, all but ``SEGMENTATION_SECTIONS`` for a pretraining.
+    Results store it, so a changed bundle default (say, the augmentation) is not mixed with results made before the
+    change."""
     config = _without_comments(config)
-    if kind == "pretrain":
-        config = {k: v for k, v in config.items() if k not in SEGMENTATION_SECTIONS}
-    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    drop = SEGMENTATION_SECTIONS if kind == "pretrain" else EVALUATION_SECTIONS
+    return _hash({k: v for k, v in config.items() if k not in drop})
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -435,23 +469,34 @@ class BenchmarkRunner:
                 "to recompute it.")
         return result
 
+    def stale_evaluation(self, cell: Cell, result: dict) -> bool:
+        """True when a finished segmentation cell was scored with other test-only settings than this run's."""
+        return cell.kind == "segment" and \
+            result.get("evaluation_fingerprint") != evaluation_fingerprint(self.bundle_config, self.overrides(cell))
+
     # running ------------------------------------------------------------------------------------------------
     def _launch(self, cell: Cell) -> float:
         work = self.work_dir(cell)
         if cell.kind == "segment" and work.exists():
             shutil.rmtree(work)  # an unfinished cell restarts from scratch (pretraining resumes from its checkpoint)
         work.mkdir(parents=True, exist_ok=True)
-        ov = self.overrides(cell)
-        ov_file = work / "overrides.json"
+        return self._subprocess(cell, self.overrides(cell), "", track_attempts=True)
+
+    def _subprocess(self, cell: Cell, ov: dict, prefix: str, track_attempts: bool) -> float:
+        """Run the bundle for ``cell`` with ``ov`` (written to ``<prefix>overrides.json``, the command to
+        ``<prefix>command.sh``, output appended to log.txt); returns the wall time."""
+        work = self.work_dir(cell)
+        ov_file = work / f"{prefix}overrides.json"
         write_json_atomic(ov, ov_file)
         cmd = self.command(cell, ov_file)
-        (work / "command.sh").write_text(f"cd {shlex.quote(str(self.repo_root))}\n{shlex.join(cmd)}\n")
+        (work / f"{prefix}command.sh").write_text(f"cd {shlex.quote(str(self.repo_root))}\n{shlex.join(cmd)}\n")
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([str(self.repo_root)] + [p for p in [env.get("PYTHONPATH")] if p])
         log_path = work / "log.txt"
         attempts = work / "attempts.json"  # wall time of earlier, interrupted attempts (pretraining resumes)
         fp = fingerprint(ov)
-        previous = json.loads(attempts.read_text()) if attempts.is_file() else {"wall_s": 0.0, "fingerprint": fp}
+        previous = json.loads(attempts.read_text()) if attempts.is_file() and track_attempts else \
+            {"wall_s": 0.0, "fingerprint": fp}
         if previous.get("fingerprint") != fp:
             raise ValueError(f"{work} holds an unfinished run made with other settings (its checkpoint would be "
                              "resumed); delete that folder or use a new --out")
@@ -462,7 +507,8 @@ class BenchmarkRunner:
                                       stderr=subprocess.STDOUT if not self.verbose else None)
         finally:
             wall = time.time() - start
-            write_json_atomic({"wall_s": previous["wall_s"] + wall, "fingerprint": fp}, attempts)
+            if track_attempts:
+                write_json_atomic({"wall_s": previous["wall_s"] + wall, "fingerprint": fp}, attempts)
         if proc.returncode != 0:
             tail = "".join(log_path.read_text(errors="replace").splitlines(keepends=True)[-25:])
             raise CellFailed(f"{cell.name} failed (exit {proc.returncode}); log {log_path}:\n{tail}")
@@ -484,10 +530,7 @@ class BenchmarkRunner:
     def run_segment(self, cell: Cell, pretrain_result: dict | None) -> dict:
         wall = self._launch(cell)
         work = self.work_dir(cell)
-        with open(work / "test_metrics.json") as f:
-            test = json.load(f)
-        if test.get("is_demo"):
-            raise CellFailed(f"{cell.name}: the bundle ran on its synthetic DEMO data, not on {self.data_dir}")
+        test = self._test_metrics(cell)
         val = json.loads((work / "val_metrics.json").read_text()) if (work / "val_metrics.json").is_file() else {}
         record = json.loads((work / "run_config.json").read_text()).get("settings", {})
         ov = self.overrides(cell)
@@ -496,22 +539,48 @@ class BenchmarkRunner:
             "protocol": cell.protocol, "variant": cell.variant, "seg_mode": record.get("seg_mode"),
             "seg_timestep": record.get("seg_timestep"), "label_fraction": cell.fraction, "seed": cell.seed,
             "labelled_images": len(record.get("labelled_images") or []),
-            "dice": test.get("test_mean_dice"), "iou": test.get("test_mean_iou"),
-            "paper_iou": test.get("test_paper_iou"),
-            **{name: test.get(f"test_{name}") for name in OBJECT_METRICS},
-            "test_images": test.get("test_images"),
+            **test,
             "val_dice": val.get("best_val_dice"), "best_epoch": val.get("best_val_epoch"),
             "epochs_run": val.get("epochs_run"),
             "pretrain_wall_s": pretrain_result.get("wall_s") if pretrain_result else None,
             "seg_wall_s": wall, "output_dir": str(work), "fingerprint": fingerprint(ov),
             "bundle_fingerprint": bundle_fingerprint(self.bundle_config, cell.kind),
+            "evaluation_fingerprint": evaluation_fingerprint(self.bundle_config, ov),
             "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
         }
         write_json_atomic(result, self.result_path(cell))
         return result
 
+    def _test_metrics(self, cell: Cell) -> dict:
+        """The result fields read from the cell's ``test_metrics.json``."""
+        with open(self.work_dir(cell) / "test_metrics.json") as f:
+            test = json.load(f)
+        if test.get("is_demo"):
+            raise CellFailed(f"{cell.name}: the bundle ran on its synthetic DEMO data, not on {self.data_dir}")
+        return {"dice": test.get("test_mean_dice"), "iou": test.get("test_mean_iou"),
+                "paper_iou": test.get("test_paper_iou"),
+                **{name: test.get(f"test_{name}") for name in OBJECT_METRICS},
+                "test_images": test.get("test_images")}
+
+    def rescore(self, cell: Cell, result: dict) -> dict:
+        """Test a finished cell's saved model (``<cell dir>/model.pt``) again with this run's test-only settings and
+        rewrite its result (training fields kept; ``eval_wall_s`` and ``evaluated_at`` added)."""
+        work = self.work_dir(cell)
+        if not (work / "model.pt").is_file():
+            raise CellFailed(f"{cell.name}: cannot re-score, {work / 'model.pt'} is missing; delete "
+                             f"{self.result_path(cell)} to train the cell again")
+        ov = self.overrides(cell)
+        ov["run"] = evaluation_run_list(self.bundle_dir, self.repo_root)
+        wall = self._subprocess(cell, ov, "evaluate_", track_attempts=False)
+        result = {**result, **self._test_metrics(cell), "eval_wall_s": wall,
+                  "evaluation_fingerprint": evaluation_fingerprint(self.bundle_config, ov),
+                  "evaluated_at": time.strftime("%Y-%m-%d %H:%M:%S")}
+        write_json_atomic(result, self.result_path(cell))
+        return result
+
     def run(self, cells: Sequence[Cell]) -> dict:
-        """Run every unfinished cell; returns ``{"results", "pretrain", "ran", "skipped", "failed", "elapsed_s"}``."""
+        """Run every unfinished cell and re-score finished cells whose test-only settings changed; returns
+        ``{"results", "pretrain", "ran", "rescored", "skipped", "failed", "elapsed_s"}``."""
         start = time.time()
         done: dict[str, dict] = {}
         for cell in cells:  # fail early on results made with other settings
@@ -519,9 +588,23 @@ class BenchmarkRunner:
             if r is not None:
                 done[cell.name] = r
         todo = [c for c in cells if c.name not in done]
+        stale = [c for c in cells if c.name in done and self.stale_evaluation(c, done[c.name])]
         self.log(f"[benchmark] {len(cells)} cells ({sum(c.kind == 'pretrain' for c in cells)} pretraining), "
-                 f"{len(done)} already finished, {len(todo)} to run; output {self.out}")
-        ran, failed, broken = [], {}, set()
+                 f"{len(done)} already finished ({len(stale)} to re-score: test-only settings changed), "
+                 f"{len(todo)} to run; output {self.out}")
+        ran, rescored, failed, broken = [], [], {}, set()
+        for i, cell in enumerate(stale):
+            self.log(f"[benchmark] re-scoring {i + 1}/{len(stale)} {cell.name} from its saved model")
+            try:
+                done[cell.name] = self.rescore(cell, done[cell.name])
+            except CellFailed as err:
+                self.log(f"[benchmark] FAILED {err}")
+                failed[cell.name] = str(err).splitlines()[0]
+                del done[cell.name]
+                continue
+            rescored.append(cell.name)
+            self.log(f"[benchmark] {cell.name} re-scored in {_fmt_s(done[cell.name]['eval_wall_s'])}, "
+                     f"test Dice {done[cell.name]['dice']:.4f}")
         for i, cell in enumerate(todo):
             if cell.kind == "segment" and cell.method.pretraining in broken:
                 failed[cell.name] = f"pretraining of {cell.method.pretraining} failed"
@@ -549,7 +632,8 @@ class BenchmarkRunner:
             self.log(f"[benchmark] {cell.name} done in {_fmt_s(wall)}{extra}")
         return {"results": [done[c.name] for c in cells if c.kind == "segment" and c.name in done],
                 "pretrain": {c.method.name: done[c.name] for c in cells if c.kind == "pretrain" and c.name in done},
-                "ran": ran, "skipped": [c.name for c in cells if c.name in done and c.name not in ran],
+                "ran": ran, "rescored": rescored,
+                "skipped": [c.name for c in cells if c.name in done and c.name not in ran + rescored],
                 "failed": failed, "elapsed_s": time.time() - start}
 
     @staticmethod
@@ -594,15 +678,16 @@ def run_benchmark(config: str | os.PathLike | dict, data_dir: str | os.PathLike,
     runner = BenchmarkRunner(profile, data_dir, out, bundle_dir, bundle_root, verbose, log)
     if dry_run:
         for c in cells:
-            state = "done" if runner.finished(c) else "todo"
-            log(f"{state:5s} {c.name}")
-        return {"cells": [c.name for c in cells], "ran": [], "skipped": [], "failed": {}, "results": [],
+            r = runner.finished(c)
+            state = "todo" if r is None else "rescore" if runner.stale_evaluation(c, r) else "done"
+            log(f"{state:7s} {c.name}")
+        return {"cells": [c.name for c in cells], "ran": [], "rescored": [], "skipped": [], "failed": {}, "results": [],
                 "pretrain": {}, "report": {}}
     if report_only:
         done = {c.name: r for c in cells if (r := runner.finished(c)) is not None}
         summary = {"results": [done[c.name] for c in cells if c.kind == "segment" and c.name in done],
                    "pretrain": {c.method.name: done[c.name] for c in cells if c.kind == "pretrain" and c.name in done},
-                   "ran": [], "skipped": list(done), "failed": {}, "elapsed_s": 0.0}
+                   "ran": [], "rescored": [], "skipped": list(done), "failed": {}, "elapsed_s": 0.0}
     else:
         summary = runner.run(cells)
     order = {name: i for i, name in enumerate(profile.methods)}
@@ -620,6 +705,7 @@ def run_benchmark(config: str | os.PathLike | dict, data_dir: str | os.PathLike,
     }
     summary["report"] = write_report(summary["results"], runner.out, info)
     summary["cells"] = [c.name for c in cells]
-    log(f"[benchmark] ran {len(summary['ran'])}, skipped {len(summary['skipped'])} finished, "
+    log(f"[benchmark] ran {len(summary['ran'])}, re-scored {len(summary['rescored'])}, "
+        f"skipped {len(summary['skipped'])} finished, "
         f"failed {len(summary['failed'])}; report: {summary['report'].get('md')}")
     return summary

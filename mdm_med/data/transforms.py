@@ -1,4 +1,4 @@
-"""MONAI dict transforms for histology: checked loading of RGB images and binary masks."""
+"""MONAI dict transforms: checked loading of RGB histology images and binary masks, and mask clean-up."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import LoadImage, MapTransform
+from monai.transforms import FillHoles, LoadImage, MapTransform
+from scipy import ndimage
 
-__all__ = ["LoadHistologyd", "check_items", "check_histology_files", "check_datalist_files"]
+__all__ = ["LoadHistologyd", "CleanLabelMapd", "check_items", "check_histology_files", "check_datalist_files"]
 
 
 def _name(x) -> str:
@@ -89,6 +90,62 @@ def _instance_map(x) -> torch.Tensor:
     if bool((x < 0).any()):
         raise ValueError(f"{_name(x)}: instance map holds negative ids")
     return x.to(torch.int64)
+
+
+class CleanLabelMapd(MapTransform):
+    """Clean predicted label maps (1, *spatial) of integer classes, 0 = background, in place of ``keys``:
+
+    - ``min_object_size`` > 0: connected components (full connectivity) of each foreground class smaller than this
+      many pixels / voxels become background;
+    - ``fill_holes``: background regions enclosed by one class take that class (MONAI ``FillHoles``), after the
+      removal.
+
+    With the defaults (0, False) the data passes unchanged. Sizes are counted in the array as given (for the
+    bundles: after the prediction is inverted to the image's native resolution).
+    """
+
+    def __init__(self, keys: KeysCollection = "pred", min_object_size: int = 0, fill_holes: bool = False,
+                 allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        if int(min_object_size) != min_object_size or min_object_size < 0:
+            raise ValueError(f"min_object_size must be an integer >= 0, got {min_object_size!r}")
+        self.min_object_size, self.fill_holes = int(min_object_size), bool(fill_holes)
+        self.filler = FillHoles()
+
+    def _remove_small(self, labels: np.ndarray) -> np.ndarray:
+        structure = ndimage.generate_binary_structure(labels.ndim, labels.ndim)
+        out = labels.copy()
+        for c in np.unique(labels):
+            if c == 0:
+                continue
+            comp, n = ndimage.label(labels == c, structure=structure)
+            sizes = np.bincount(comp.ravel(), minlength=n + 1)
+            small = sizes < self.min_object_size
+            small[0] = False
+            out[small[comp]] = 0
+        return out
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        if not self.min_object_size and not self.fill_holes:
+            return d
+        for key in self.key_iterator(d):
+            x = d[key]
+            if x.shape[0] != 1:
+                raise ValueError(f"CleanLabelMapd: '{key}' must be a label map (1, *spatial) (argmax, not one-hot); "
+                                 f"got shape {tuple(x.shape)}")
+            t = torch.as_tensor(x)
+            labels = t[0].detach().cpu().numpy()
+            if not np.array_equal(labels, np.round(labels)):
+                raise ValueError(f"CleanLabelMapd: '{key}' holds non-integer values (expects class indices)")
+            labels = labels.astype(np.int64)
+            if self.min_object_size:
+                labels = self._remove_small(labels)
+            if self.fill_holes:
+                labels = np.asarray(self.filler(labels[None]))[0]
+            cleaned = torch.as_tensor(labels[None], dtype=t.dtype, device=t.device)
+            d[key] = x.clone().copy_(cleaned) if isinstance(x, torch.Tensor) else cleaned.cpu().numpy().astype(x.dtype)
+        return d
 
 
 def check_items(items: Sequence[dict], keys: Sequence[str] = ("image", "label"), what: str = "dataset") -> None:
