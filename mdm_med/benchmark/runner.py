@@ -24,6 +24,7 @@ and the cell's command line is a complete, copy-pasteable reproduction. The pric
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -469,6 +470,11 @@ class BenchmarkRunner:
                 "to recompute it.")
         return result
 
+    @functools.cached_property
+    def evaluation_run(self) -> list:
+        """The re-scoring run list, resolved once (see ``evaluation_run_list``)."""
+        return evaluation_run_list(self.bundle_dir, self.repo_root)
+
     def stale_evaluation(self, cell: Cell, result: dict) -> bool:
         """True when a finished segmentation cell was scored with other test-only settings than this run's."""
         return cell.kind == "segment" and \
@@ -570,7 +576,7 @@ class BenchmarkRunner:
             raise CellFailed(f"{cell.name}: cannot re-score, {work / 'model.pt'} is missing; delete "
                              f"{self.result_path(cell)} to train the cell again")
         ov = self.overrides(cell)
-        ov["run"] = evaluation_run_list(self.bundle_dir, self.repo_root)
+        ov["run"] = self.evaluation_run
         wall = self._subprocess(cell, ov, "evaluate_", track_attempts=False)
         result = {**result, **self._test_metrics(cell), "eval_wall_s": wall,
                   "evaluation_fingerprint": evaluation_fingerprint(self.bundle_config, ov),
