@@ -120,6 +120,11 @@ def test_workflow_has_required_properties(tmp_path, bundle, config, kind):
     override = {"bundle_root": str(tmp_path / "bundle")}
     if kind == "train":
         override.update(preset="tiny", demo_dir=str(tmp_path / "demo"))
+    else:  # inference lists dataset_dir when its dataset is resolved; the file is never read here
+        images = tmp_path / "images"
+        images.mkdir()
+        (images / ("case_1.nii.gz" if bundle == "mdm_hippocampus" else "case_1.png")).write_bytes(b"")
+        override["dataset_dir"] = str(images)
     wf = ConfigWorkflow(config_file=os.path.join(_configs(bundle), config),
                         meta_file=os.path.join(_configs(bundle), "metadata.json"), logging_file=False,
                         workflow_type=kind, **override)

@@ -3,7 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mdm_med.data.datalist import labelled_subset, nested_label_subsets, pretraining_items
+from mdm_med.data.datalist import inference_items, labelled_subset, nested_label_subsets, pretraining_items
 from mdm_med.data.glas import build_glas_datalist, resolve_glas_dir, scan_glas
 from mdm_med.data.transforms import LoadHistologyd, check_histology_files
 
@@ -122,6 +122,19 @@ def _label_map() -> np.ndarray:
     m[10, 1:4] = 2       # 3-pixel class-2 speck
     m[0:4, 11] = 1       # 4-pixel bar on the border
     return m
+
+
+def test_inference_items_lists_images_and_refuses_nothing(tmp_path):
+    for name in ("img_10.png", "img_2.PNG", "img_2_anno.png", "notes.txt"):
+        (tmp_path / name).write_bytes(b"")
+    items = inference_items(tmp_path, (".png", ".bmp"), exclude="_anno")
+    assert [d["image"] for d in items] == [str(tmp_path / "img_2.PNG"), str(tmp_path / "img_10.png")]
+    with pytest.raises(FileNotFoundError, match="pass --dataset_dir"):
+        inference_items("", (".png",))
+    with pytest.raises(FileNotFoundError, match="missing_dir"):
+        inference_items(tmp_path / "missing_dir", (".png",))
+    with pytest.raises(FileNotFoundError, match=r"no images ending in \.bmp"):
+        inference_items(tmp_path, (".bmp",))
 
 
 def test_clean_label_map_removes_small_objects_per_class_and_fills_holes():

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["DEFAULT_FRACTIONS", "pretraining_items", "natural_key", "label_fraction_counts", "nested_label_subsets",
-           "write_json_atomic", "labelled_subset", "resolve_dataset_dir", "split_datalist"]
+           "write_json_atomic", "labelled_subset", "resolve_dataset_dir", "split_datalist", "inference_items"]
 
 DEFAULT_FRACTIONS = (0.05, 0.1, 0.25, 0.5, 1.0)
 
@@ -125,3 +125,23 @@ def resolve_dataset_dir(dataset_dir: str | os.PathLike | None, demo_dir: str | o
         "DEMO DATA: no dataset_dir was given, so this run uses the built-in SYNTHETIC stand-in for %s in %s. Results "
         "on it say nothing about real data. %s.", dataset_name, demo_dir, hint)
     return str(generate_demo()), True
+
+
+def inference_items(dataset_dir: str | os.PathLike, suffixes: Sequence[str], exclude: str | None = None) -> list[dict]:
+    """``[{"image": path}, ...]``: the files in ``dataset_dir`` ending in one of ``suffixes`` (case-insensitive),
+    natural order, skipping names that contain ``exclude`` (e.g. GlaS ``_anno`` masks).
+
+    A missing folder or one with no such files raises ``FileNotFoundError`` naming it, so inference never runs
+    silently over nothing.
+    """
+    folder = str(dataset_dir or "")
+    if not folder.strip() or not os.path.isdir(folder):
+        raise FileNotFoundError(f"inference dataset_dir {folder!r} is not a folder: pass --dataset_dir <folder with "
+                                f"the images to segment ({', '.join(suffixes)})>")
+    ends = tuple(x.lower() for x in suffixes)
+    names = [n for n in os.listdir(folder) if n.lower().endswith(ends) and not (exclude and exclude in n)
+             and os.path.isfile(os.path.join(folder, n))]
+    if not names:
+        raise FileNotFoundError(f"inference dataset_dir {folder} has no images ending in {', '.join(suffixes)}"
+                                + (f" (names containing {exclude!r} are skipped)" if exclude else ""))
+    return [{"image": os.path.join(folder, n)} for n in sorted(names, key=natural_key)]
