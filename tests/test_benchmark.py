@@ -236,6 +236,45 @@ def test_markdown_paper_layout():
     assert not math.isnan(aggregate(rows)[0]["dice_std"])
 
 
+def test_combine_results_of_separate_runs(tmp_path, capsys):
+    from mdm_med.benchmark.combine import main as report_main
+    from mdm_med.benchmark.report import read_csv, write_csv
+
+    def cell_rows(method, protocol, seeds, dice):
+        return [_row(method, protocol, 0.1, s, dice + 0.01 * s, val=0.8, cell=f"{method}__{protocol}__f0.1__s{s}",
+                     pretrain_wall_s=100.0 if method != "scratch" else None) for s in seeds]
+
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    write_csv(cell_rows("scratch", "finetune", (0, 1), 0.7) + cell_rows("mdm", "finetune", (0,), 0.85), a)
+    write_csv(cell_rows("mdm", "finetune", (0, 1), 0.85) + cell_rows("mdm", "head", (0, 1), 0.75), b)
+    rows = read_csv(a)
+    assert rows[0]["seed"] == 0 and rows[0]["label_fraction"] == 0.1 and rows[0]["pretrain_wall_s"] is None
+    assert report_main(["--out", str(tmp_path / "all"), "--method-order", "mdm", str(a), str(b)]) == 0
+    merged = read_csv(tmp_path / "all" / "results.csv")
+    # mdm__finetune__f0.1__s0 is in both files with the same result: kept once; mdm first, head before finetune
+    assert [r["cell"] for r in merged] == ["mdm__head__f0.1__s0", "mdm__head__f0.1__s1", "mdm__finetune__f0.1__s0",
+                                           "mdm__finetune__f0.1__s1", "scratch__finetune__f0.1__s0",
+                                           "scratch__finetune__f0.1__s1"]
+    text = (tmp_path / "all" / "results.md").read_text()
+    assert str(a) in text and str(b) in text and "| MDM | finetune | 85.50 ± 0.71" in text
+    assert (tmp_path / "all" / "plot.png").stat().st_size > 0
+
+    # the same cell with a different result (two different runs) is refused, naming the cell and both files
+    c = tmp_path / "c.csv"
+    write_csv(cell_rows("mdm", "finetune", (1,), 0.5), c)
+    assert report_main(["--out", str(tmp_path / "bad"), str(b), str(c)]) == 2
+    err = capsys.readouterr().err
+    assert "mdm__finetune__f0.1__s1" in err and str(c) in err and not (tmp_path / "bad" / "results.md").exists()
+    # a file that is not a results table, an empty one, a missing one
+    (tmp_path / "x.csv").write_text("a,b\n1,2\n")
+    write_csv([], tmp_path / "empty.csv")
+    for bad, says in (("x.csv", "not a benchmark results.csv"), ("empty.csv", "no result rows"),
+                      ("missing.csv", "no such results file")):
+        assert report_main(["--out", str(tmp_path / "bad"), str(tmp_path / bad)]) == 2
+        err = capsys.readouterr().err
+        assert bad in err and says in err
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # end to end on the real bundle (tiny synthetic data)
 # ----------------------------------------------------------------------------------------------------------------

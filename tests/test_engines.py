@@ -35,8 +35,8 @@ def test_autocast_inferer_is_the_plain_inferer_unless_amp_on_cpu():
     assert engine_amp(True, "cuda") and not engine_amp(True, "cpu") and not engine_amp(False, "cuda")
 
 
-@pytest.mark.parametrize("inferer", [SimpleInferer(), SlidingWindowInferer(roi_size=(16, 16), sw_batch_size=2, overlap=0.25,
-                                                                         mode="gaussian")])
+@pytest.mark.parametrize("inferer", [SimpleInferer(), SlidingWindowInferer(roi_size=(16, 16), sw_batch_size=2,
+                                                                         overlap=0.25, mode="gaussian")])
 def test_cpu_autocast_runs_bf16_and_returns_float32(inferer):
     torch.manual_seed(0)
     net, x = DtypeProbe(), torch.randn(2, 3, 40, 24)

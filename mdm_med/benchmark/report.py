@@ -1,6 +1,8 @@
 """Benchmark report: ``results.csv`` (one row per cell), ``results.md`` (mean +- std over seeds in the paper's table
 layout, plus how the numbers were made) and ``plot.png`` (test Dice vs labelled fraction).
 
+``python -m mdm_med.benchmark.combine`` (:func:`merge_results`) makes one report of several runs' ``results.csv``.
+
 Rows are plain dicts as written by the runner (``method``, ``protocol``, ``variant``, ``label_fraction``, ``seed``,
 ``dice``, ``iou``, ``paper_iou``, ...). Metrics are stored as fractions in [0, 1] and shown in % like the paper.
 """
@@ -16,7 +18,7 @@ from pathlib import Path
 from mdm_med.io import atomic_write
 
 __all__ = ["CSV_FIELDS", "METRICS", "aggregate", "select_on_validation", "markdown_report", "plot_dice",
-           "write_csv", "write_report", "VAL_BEST"]
+           "write_csv", "write_report", "read_csv", "merge_results", "sort_rows", "VAL_BEST"]
 
 CSV_FIELDS = ["method", "method_label", "protocol", "variant", "seg_mode", "seg_timestep", "label_fraction",
               "labelled_images", "seed", "dice", "iou", "paper_iou", "object_f1", "object_dice", "object_hausdorff",
@@ -27,6 +29,10 @@ METRICS = {"dice": ("Dice", True), "paper_iou": ("IoU (paper)", True), "iou": ("
            "object_hausdorff": ("obj Hausdorff (px)", False), "val_dice": ("val Dice", True),
            "seg_wall_s": ("seg wall (s)", False)}
 VAL_BEST = "val-best"
+INT_FIELDS = frozenset({"seg_timestep", "labelled_images", "seed", "best_epoch", "epochs_run", "test_images"})
+FLOAT_FIELDS = frozenset({"label_fraction", "dice", "iou", "paper_iou", "object_f1", "object_dice",
+                          "object_hausdorff", "val_dice", "pretrain_wall_s", "seg_wall_s"})
+REQUIRED_FIELDS = ("method", "protocol", "label_fraction", "seed", "dice", "cell")
 
 
 def _num(x) -> float | None:
@@ -186,14 +192,19 @@ def markdown_report(rows: Sequence[dict], info: dict | None = None) -> str:
     pre = info.get("pretrain") or {}
     seg_total = sum(_num(r.get("seg_wall_s")) or 0.0 for r in rows)
     pre_total = sum(_num(p.get("wall_s")) or 0.0 for p in pre.values())
-    lines += ["## How these numbers were made", ""]
-    lines += [f"- Command: `{info.get('command', '')}`",
-              f"- Profile: `{info.get('profile_file', '')}`; bundle `{info.get('bundle', '')}`",
-              f"- Data: `{info.get('data_dir', '')}`", f"- Output: `{info.get('out', '')}`",
-              f"- Machine: {info.get('machine', '')}",
-              f"- Total wall time of the cells reported: {_fmt_s(seg_total + pre_total)} "
-              f"(pretraining {_fmt_s(pre_total)}, segmentation {_fmt_s(seg_total)}); this invocation: "
-              f"{_fmt_s(info.get('elapsed_s'))}"]
+    lines += ["## How these numbers were made", "", f"- Command: `{info.get('command', '')}`"]
+    if info.get("sources"):
+        lines.append("- Combined from the results of separate runs (each source's own results.md has its command, "
+                     "machine and settings): " + ", ".join(f"`{s}`" for s in info["sources"]))
+    if info.get("profile_file"):
+        lines.append(f"- Profile: `{info['profile_file']}`" + (f"; bundle `{info['bundle']}`" if info.get("bundle")
+                                                                 else ""))
+    lines += [f"- {title}: {value}" for title, value in (
+        ("Data", f"`{info['data_dir']}`" if info.get("data_dir") else ""),
+        ("Output", f"`{info['out']}`" if info.get("out") else ""), ("Machine", info.get("machine", ""))) if value]
+    lines.append(f"- Total wall time of the cells reported: {_fmt_s(seg_total + pre_total)} "
+                 f"(pretraining {_fmt_s(pre_total)}, segmentation {_fmt_s(seg_total)})"
+                 + (f"; this invocation: {_fmt_s(info['elapsed_s'])}" if info.get("elapsed_s") is not None else ""))
     if pre:
         lines.append("- Pretraining (once per method, reused by every fraction / seed / protocol): "
                      + ", ".join(f"{m} {_fmt_s(p.get('wall_s'))}" for m, p in pre.items()))
@@ -280,3 +291,70 @@ def write_report(rows: Sequence[dict], out_dir: str | os.PathLike, info: dict | 
     _save_atomic(lambda tmp: Path(tmp).write_text(text), paths["md"])
     plot_dice(rows, paths["png"], title=f"{(info or {}).get('profile', '')}: Dice vs labelled fraction")
     return paths
+
+
+def sort_rows(rows: Sequence[dict], method_order: Sequence[str] = ()) -> list[dict]:
+    """Rows ordered by method (``method_order`` first, then first-seen), protocol (head, finetune), head timestep,
+    labelled fraction and seed: the order of ``results.csv``."""
+    order = {m: i for i, m in enumerate(dict.fromkeys([*method_order, *(r["method"] for r in rows)]))}
+    protocols = ["head", "finetune"]
+
+    def key(r):
+        p = r["protocol"]
+        return (order[r["method"]], protocols.index(p) if p in protocols else len(protocols), p,
+                _num(r.get("seg_timestep")) or 0, float(r["label_fraction"]), int(r["seed"]))
+
+    return sorted(rows, key=key)
+
+
+def read_csv(path: str | os.PathLike) -> list[dict]:
+    """Rows of a ``results.csv`` written by :func:`write_csv`, with numbers parsed (empty fields -> None)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such results file")
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [k for k in REQUIRED_FIELDS if k not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{path}: not a benchmark results.csv (no column(s) {', '.join(missing)})")
+        rows = []
+        for line, raw in enumerate(reader, start=2):
+            row = {}
+            for k, v in raw.items():
+                if k is None:
+                    raise ValueError(f"{path}, line {line}: more values than columns")
+                if v in (None, ""):
+                    row[k] = None
+                elif k in INT_FIELDS or k in FLOAT_FIELDS:
+                    try:
+                        row[k] = int(v) if k in INT_FIELDS else float(v)
+                    except ValueError:
+                        raise ValueError(f"{path}, line {line}: {k}={v!r} is not a number") from None
+                else:
+                    row[k] = v
+            empty = [k for k in REQUIRED_FIELDS if row.get(k) is None]
+            if empty:
+                raise ValueError(f"{path}, line {line}: empty {', '.join(empty)}")
+            rows.append(row)
+    if not rows:
+        raise ValueError(f"{path}: no result rows")
+    return rows
+
+
+def merge_results(paths: Sequence[str | os.PathLike], method_order: Sequence[str] = ()) -> list[dict]:
+    """The rows of several ``results.csv`` files as one table (:func:`sort_rows` order). A cell found in two files
+    is kept once when its measurements agree to the digit and refused otherwise (two different runs of one cell)."""
+    seen: dict[str, tuple[str, dict]] = {}
+    for path in paths:
+        for row in read_csv(path):
+            prev = seen.get(row["cell"])
+            if prev is None:
+                seen[row["cell"]] = (str(path), row)
+                continue
+            diff = [k for k in ("dice", "iou", "paper_iou", "val_dice", "object_f1", "object_dice")
+                    if prev[1].get(k) != row.get(k)]
+            if diff:
+                raise ValueError(f"cell {row['cell']} is in {prev[0]} and {path} with different results "
+                                 f"({', '.join(diff)}); keep one of the runs")
+    return sort_rows([row for _, row in seen.values()], method_order)
+

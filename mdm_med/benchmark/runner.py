@@ -673,7 +673,7 @@ def run_benchmark(config: str | os.PathLike | dict, data_dir: str | os.PathLike,
                   verbose: bool = False, command: str | None = None, log=print) -> dict:
     """Plan, run (unless ``dry_run`` / ``report_only``) and report. Returns the runner's summary plus ``cells`` and
     ``report`` (paths of results.csv / results.md / plot.png)."""
-    from mdm_med.benchmark.report import write_report
+    from mdm_med.benchmark.report import sort_rows, write_report
     from mdm_med.data.glas import has_glas_images
 
     profile = load_profile(config, overrides)
@@ -696,9 +696,7 @@ def run_benchmark(config: str | os.PathLike | dict, data_dir: str | os.PathLike,
                    "ran": [], "rescored": [], "skipped": list(done), "failed": {}, "elapsed_s": 0.0}
     else:
         summary = runner.run(cells)
-    order = {name: i for i, name in enumerate(profile.methods)}
-    summary["results"].sort(key=lambda r: (order.get(r["method"], len(order)), list(PROTOCOLS).index(r["protocol"]),
-                                           r.get("seg_timestep") or 0, r["label_fraction"], r["seed"]))
+    summary["results"] = sort_rows(summary["results"], list(profile.methods))
     missing = [c.name for c in cells if c.kind == "segment" and c.name not in
                {r["cell"] for r in summary["results"]}]
     info = {
