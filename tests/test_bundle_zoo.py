@@ -19,7 +19,7 @@ from monai.bundle import ConfigParser, ConfigWorkflow
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # bundle -> (input channels, number of classes, network input shape from metadata.json, model settings)
 BUNDLES = {
-    "mdm_glas": (3, 2, [64, 64], {"preset": "cpu", "image_scale": 0.5, "crop_size": 64}),
+    "mdm_glas": (3, 2, [64, 64], {"preset": "tiny", "image_scale": 0.5, "crop_size": 64}),
     "mdm_monuseg": (3, 2, [64, 64], {"preset": "cpu", "image_scale": 1.0, "crop_size": 64}),
     "mdm_hippocampus": (1, 3, [32, 32, 32], {"preset": "cpu3d", "image_scale": 1.0, "crop_size": 32}),
 }

@@ -28,7 +28,7 @@ PRESETS: dict[str, dict] = {
     # 3-D on 2 CPU cores (32^3 crops, ~2.4 M parameters at 1 input channel): the 2-D "cpu" widths cost ~4x more in 3-D.
     "cpu3d": dict(base_channels=16, channel_mult=(1, 2, 2, 4), num_res_blocks=1,
                   attention_levels=(False, False, False, True), head_channels=16),
-    # Tiny, for tests.
+    # 0.48 M parameters: the mdm_glas default on 2 CPU cores (a pretraining step 2.9x faster than "cpu"), and tests.
     "tiny": dict(base_channels=16, channel_mult=(1, 2, 2, 2), num_res_blocks=1,
                  attention_levels=(False, False, False, True), head_channels=16),
 }
