@@ -14,7 +14,8 @@ import pytest
 from mdm_med.benchmark import aggregate, cell_run_list, load_profile, markdown_report, plan_cells, select_on_validation
 from mdm_med.benchmark.__main__ import main
 from mdm_med.benchmark.runner import (SEGMENTATION_KEYS, VAL_SUMMARY, BenchmarkRunner, bundle_fingerprint,
-                                     default_bundle_dir, evaluation_fingerprint, fingerprint, resolved_config)
+                                     cell_threads, default_bundle_dir, evaluation_fingerprint, fingerprint,
+                                     resolved_config)
 
 REPO = Path(__file__).resolve().parents[1]
 CPU_PROFILE = REPO / "benchmarks" / "glas_cpu.yaml"
@@ -190,6 +191,61 @@ def test_method_reuses_another_methods_pretraining(tmp_path):
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def test_parallel_jobs_wait_for_their_pretraining(tmp_path, monkeypatch):
+    """--jobs 2: two cells at a time, never a segmentation cell before its method's pretraining has finished, a
+    failed pretraining fails only its own method's cells, and each cell's process gets half the cores."""
+    import threading
+    import time
+
+    from mdm_med.benchmark.runner import CellFailed
+    from mdm_med.data.synthetic import generate_glas_demo
+
+    profile = load_profile({"name": "t", "fractions": [0.1, 1.0], "seeds": [0], "methods": {
+        "a": {"protocols": ["finetune"]}, "b": {"protocols": ["finetune"]},
+        "s": {"pretrain": False, "protocols": ["finetune"]}}})
+    data = generate_glas_demo(tmp_path / "glas", num_train=4, num_test=1, size=(32, 32))
+    lines = []
+    runner = BenchmarkRunner(profile, data, tmp_path / "out", log=lines.append, jobs=2)
+    events, lock, now = [], threading.Lock(), {"running": 0, "most": 0}
+
+    def fake(cell, done):
+        with lock:
+            events.append(("start", cell.name))
+            now["running"] += 1
+            now["most"] = max(now["most"], now["running"])
+        time.sleep(0.3 if cell.kind == "pretrain" else 0.05)
+        with lock:
+            now["running"] -= 1
+            events.append(("end", cell.name))
+        if cell.name == "pretrain__b":
+            raise CellFailed("pretrain__b failed (exit 1)")
+        return {"cell": cell.name, "wall_s": 1.0} if cell.kind == "pretrain" else \
+            {"cell": cell.name, "seg_wall_s": 1.0, "dice": 0.5}
+
+    monkeypatch.setattr(runner, "_run_cell", fake)
+    cells = plan_cells(profile)
+    summary = runner.run(cells)
+    order = [name for kind, name in events if kind == "start"]
+    ends = [name for kind, name in events if kind == "end"]
+    assert now["most"] == 2
+    assert order[:2] == ["pretrain__a", "pretrain__b"]  # both pretrainings at once, in plan order
+    for name in order:
+        if name.startswith("a__"):
+            assert events.index(("end", "pretrain__a")) < events.index(("start", name))
+    assert not any(name.startswith("b__") for name in order)
+    assert sorted(summary["failed"]) == ["b__finetune__f0.1__s0", "b__finetune__f1__s0", "pretrain__b"]
+    assert sorted(summary["ran"]) == sorted(c.name for c in cells if c.method.name != "b")
+    assert len(ends) == len(order) == 6
+    assert any("time left ~" in line for line in lines)
+    # cores are split between jobs unless the caller fixed OMP_NUM_THREADS
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert cell_threads(1) is None and cell_threads(2) >= 1 and cell_threads(10 ** 6) == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert cell_threads(2) == 3
+    with pytest.raises(ValueError, match="jobs"):
+        BenchmarkRunner(profile, data, tmp_path / "out", jobs=0)
+
+
 def _row(method, protocol, fraction, seed, dice, val=None, variant="", **kw):
     return {"method": method, "method_label": method.upper(), "protocol": protocol, "variant": variant,
             "label_fraction": fraction, "seed": seed, "dice": dice, "paper_iou": dice / (2 - dice),
@@ -301,8 +357,9 @@ def test_end_to_end_and_restart(tmp_path, capsys):
     data = generate_glas_demo(tmp_path / "glas", num_train=10, num_test=3, size=(64, 96))
     out = tmp_path / "out"
     argv = ["--config", str(CPU_PROFILE), "--data-dir", str(data), "--out", str(out), "--methods", "mdm", "scratch",
-            "--fractions", "1.0", "--seeds", "0", "--bundle-root", str(tmp_path / "bundle_root"), "--set", *TINY]
-    assert main(argv) == 0
+            "--fractions", "1.0", "--seeds", "0", "--bundle-root", str(tmp_path / "bundle_root"), "--jobs", "2",
+            "--set", *TINY]
+    assert main(argv) == 0  # two cells at once: scratch runs beside MDM's pretraining
     log = capsys.readouterr().out
     assert "time left" in log and "ran 4, re-scored 0, skipped 0" in log
 
@@ -316,10 +373,11 @@ def test_end_to_end_and_restart(tmp_path, capsys):
         assert r["val_dice"] != "" and float(r["seg_wall_s"]) > 0
         assert (r["pretrain_wall_s"] != "") == (r["method"] == "mdm")
     assert {r["seg_mode"] for r in rows if r["method"] == "scratch"} == {"scratch"}
+    assert {json.loads(p.read_text())["cell_threads"] for p in (out / "results").glob("*.json")} == {cell_threads(2)}
     md = (out / "results.md").read_text()
     for label in ("| MDM (SSIM) | head |", "| MDM (SSIM) | finetune |", "| U-Net from scratch | finetune |"):
         assert label in md
-    assert "python -m mdm_med.benchmark --config" in md and str(data) in md
+    assert "python -m mdm_med.benchmark --config" in md and str(data) in md and "Cells run at once: 2" in md
     assert (out / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # pretraining happened once, into the benchmark's folder; nothing went into the bundle's runs/ or models/
     assert (out / "pretrain" / "mdm" / "pretrained.pt").is_file()

@@ -205,6 +205,11 @@ def markdown_report(rows: Sequence[dict], info: dict | None = None) -> str:
     lines.append(f"- Total wall time of the cells reported: {_fmt_s(seg_total + pre_total)} "
                  f"(pretraining {_fmt_s(pre_total)}, segmentation {_fmt_s(seg_total)})"
                  + (f"; this invocation: {_fmt_s(info['elapsed_s'])}" if info.get("elapsed_s") is not None else ""))
+    if info.get("jobs"):
+        threads = info.get("cell_threads")
+        lines.append(f"- Cells run at once: {info['jobs']}, each with "
+                     + (f"{threads} CPU thread(s)" if threads else "torch's default CPU threads")
+                     + " (wall times of cells that shared the machine are not single-cell times)" * (info["jobs"] > 1))
     if pre:
         lines.append("- Pretraining (once per method, reused by every fraction / seed / protocol): "
                      + ", ".join(f"{m} {_fmt_s(p.get('wall_s'))}" for m, p in pre.items()))

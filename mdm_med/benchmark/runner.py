@@ -35,6 +35,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterable, Sequence
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -389,11 +390,28 @@ def machine_info() -> str:
     return text
 
 
+def cell_threads(jobs: int) -> int | None:
+    """CPU threads each cell gets: ``OMP_NUM_THREADS`` if set, else the visible cores split between ``jobs`` cells
+    running at once (at least 1); None (torch's default) for one job without ``OMP_NUM_THREADS``."""
+    if os.environ.get("OMP_NUM_THREADS", "").strip():
+        return int(os.environ["OMP_NUM_THREADS"])
+    if jobs == 1:
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // jobs)
+
+
 class BenchmarkRunner:
     def __init__(self, profile: Profile, data_dir: str | os.PathLike, out: str | os.PathLike,
                  bundle_dir: str | os.PathLike | None = None, bundle_root: str | os.PathLike | None = None,
-                 verbose: bool = False, log=print):
+                 verbose: bool = False, log=print, jobs: int = 1):
+        if int(jobs) < 1:
+            raise ValueError(f"jobs must be >= 1, got {jobs}")
         self.profile = profile
+        self.jobs = int(jobs)
+        # threads per cell: the visible cores split between the jobs unless OMP_NUM_THREADS is set by the caller;
+        # None = torch's default (all cores) with one job
+        self.cell_threads = cell_threads(self.jobs)
         self.data_dir = Path(data_dir).resolve()
         self.out = Path(out).resolve()
         self.bundle_dir = Path(bundle_dir).resolve() if bundle_dir else default_bundle_dir()
@@ -498,6 +516,8 @@ class BenchmarkRunner:
         (work / f"{prefix}command.sh").write_text(f"cd {shlex.quote(str(self.repo_root))}\n{shlex.join(cmd)}\n")
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([str(self.repo_root)] + [p for p in [env.get("PYTHONPATH")] if p])
+        if self.cell_threads is not None:
+            env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(self.cell_threads)
         log_path = work / "log.txt"
         attempts = work / "attempts.json"  # wall time of earlier, interrupted attempts (pretraining resumes)
         fp = fingerprint(ov)
@@ -529,7 +549,7 @@ class BenchmarkRunner:
         result = {"cell": cell.name, "method": cell.method.name, "pretrained_checkpoint": str(ckpt), "wall_s": wall,
                   "pretrain_iterations": ov.get("pretrain_iterations"), "fingerprint": fingerprint(ov),
                   "bundle_fingerprint": bundle_fingerprint(self.bundle_config, cell.kind),
-                  "finished_at": time.strftime("%Y-%m-%d %H:%M:%S")}
+                  "cell_threads": self.cell_threads, "finished_at": time.strftime("%Y-%m-%d %H:%M:%S")}
         write_json_atomic(result, self.result_path(cell))
         return result
 
@@ -552,7 +572,7 @@ class BenchmarkRunner:
             "seg_wall_s": wall, "output_dir": str(work), "fingerprint": fingerprint(ov),
             "bundle_fingerprint": bundle_fingerprint(self.bundle_config, cell.kind),
             "evaluation_fingerprint": evaluation_fingerprint(self.bundle_config, ov),
-            "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "cell_threads": self.cell_threads, "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
         }
         write_json_atomic(result, self.result_path(cell))
         return result
@@ -611,41 +631,72 @@ class BenchmarkRunner:
             rescored.append(cell.name)
             self.log(f"[benchmark] {cell.name} re-scored in {_fmt_s(done[cell.name]['eval_wall_s'])}, "
                      f"test Dice {done[cell.name]['dice']:.4f}")
-        for i, cell in enumerate(todo):
-            if cell.kind == "segment" and cell.method.pretraining in broken:
-                failed[cell.name] = f"pretraining of {cell.method.pretraining} failed"
-                continue
-            eta = self._eta(todo[i:], done, cells)
-            left = f"time left ~{_fmt_s(eta)}" if eta is not None else \
-                "time left: known once a pretraining and a segmentation cell are done"
-            self.log(f"[benchmark] {len(done) + len(failed) + 1}/{len(cells)} {cell.name} starting ({left})")
-            try:
-                if cell.kind == "pretrain":
-                    result = self.run_pretrain(cell)
-                else:
-                    source = Cell("pretrain", self.profile.methods[cell.method.pretraining])
-                    result = self.run_segment(cell, done.get(source.name))
-            except CellFailed as err:
-                self.log(f"[benchmark] FAILED {err}")
-                failed[cell.name] = str(err).splitlines()[0]
-                if cell.kind == "pretrain":
-                    broken.add(cell.method.name)
-                continue
-            done[cell.name] = result
-            ran.append(cell.name)
-            wall = result.get("wall_s", result.get("seg_wall_s"))
-            extra = f", test Dice {result['dice']:.4f}" if result.get("dice") is not None else ""
-            self.log(f"[benchmark] {cell.name} done in {_fmt_s(wall)}{extra}")
+        pending, running = list(todo), {}
+        with ThreadPoolExecutor(max_workers=self.jobs) as pool:
+            while pending or running:
+                while len(running) < self.jobs:
+                    cell = self._next_ready(pending, running.values(), broken, failed)
+                    if cell is None:
+                        break
+                    eta = self._eta([*running.values(), *pending], done, cells, self.jobs)
+                    left = f"time left ~{_fmt_s(eta)}" if eta is not None else \
+                        "time left: known once a pretraining and a segmentation cell are done"
+                    self.log(f"[benchmark] {len(done) + len(failed) + len(running) + 1}/{len(cells)} {cell.name} "
+                             f"starting ({left})")
+                    running[pool.submit(self._run_cell, cell, done)] = cell
+                if not running:  # cannot happen (a pending pretraining is always ready); never drop cells silently
+                    failed.update({c.name: "never became ready to run" for c in pending})
+                    break
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    cell = running.pop(future)
+                    try:
+                        result = future.result()
+                    except CellFailed as err:
+                        self.log(f"[benchmark] FAILED {err}")
+                        failed[cell.name] = str(err).splitlines()[0]
+                        if cell.kind == "pretrain":
+                            broken.add(cell.method.name)
+                        continue
+                    done[cell.name] = result
+                    ran.append(cell.name)
+                    wall = result.get("wall_s", result.get("seg_wall_s"))
+                    extra = f", test Dice {result['dice']:.4f}" if result.get("dice") is not None else ""
+                    self.log(f"[benchmark] {cell.name} done in {_fmt_s(wall)}{extra}")
         return {"results": [done[c.name] for c in cells if c.kind == "segment" and c.name in done],
                 "pretrain": {c.method.name: done[c.name] for c in cells if c.kind == "pretrain" and c.name in done},
                 "ran": ran, "rescored": rescored,
                 "skipped": [c.name for c in cells if c.name in done and c.name not in ran + rescored],
                 "failed": failed, "elapsed_s": time.time() - start}
 
+    def _run_cell(self, cell: Cell, done: dict) -> dict:
+        if cell.kind == "pretrain":
+            return self.run_pretrain(cell)
+        return self.run_segment(cell, done.get(f"pretrain__{cell.method.pretraining}"))
+
     @staticmethod
-    def _eta(remaining: Iterable[Cell], done: dict, cells: Sequence[Cell]) -> float | None:
+    def _next_ready(pending: list[Cell], running: Iterable[Cell], broken: set, failed: dict) -> Cell | None:
+        """Pop the first pending cell (plan order) that can start: a segmentation cell waits while its method's
+        pretraining is pending or running. Cells whose pretraining failed are moved to ``failed``."""
+        busy = {c.method.pretraining for c in [*pending, *running] if c.kind == "pretrain"}
+        i = 0
+        while i < len(pending):
+            cell = pending[i]
+            needs = cell.kind == "segment" and cell.method.pretrain
+            if needs and cell.method.pretraining in broken:
+                failed[cell.name] = f"pretraining of {cell.method.pretraining} failed"
+                pending.pop(i)
+            elif not needs or cell.method.pretraining not in busy:
+                return pending.pop(i)
+            else:
+                i += 1
+        return None
+
+    @staticmethod
+    def _eta(remaining: Iterable[Cell], done: dict, cells: Sequence[Cell], jobs: int = 1) -> float | None:
         """Seconds left: each remaining cell costs the mean wall time of finished cells of its kind (pretraining /
-        head / fine-tuning), falling back to all finished segmentation cells; None before any cell has finished."""
+        head / fine-tuning), falling back to all finished segmentation cells, and goes to the least loaded of
+        ``jobs`` lanes; None before any cell of a needed kind has finished."""
         walls: dict[str, list[float]] = {}
         for c in cells:
             r = done.get(c.name)
@@ -655,14 +706,14 @@ class BenchmarkRunner:
                 if w is not None:
                     walls.setdefault(key, []).append(float(w))
         seg = [w for k, v in walls.items() if k != "pretrain" for w in v]
-        total = 0.0
+        lanes = [0.0] * max(1, jobs)
         for c in remaining:
             key = "pretrain" if c.kind == "pretrain" else c.protocol
             pool = walls.get(key) or (seg if c.kind == "segment" else None)
             if not pool:
                 return None
-            total += sum(pool) / len(pool)
-        return total
+            lanes[lanes.index(min(lanes))] += sum(pool) / len(pool)
+        return max(lanes)
 
 
 def run_benchmark(config: str | os.PathLike | dict, data_dir: str | os.PathLike, out: str | os.PathLike,
@@ -670,7 +721,7 @@ def run_benchmark(config: str | os.PathLike | dict, data_dir: str | os.PathLike,
                   seeds: Sequence[int] | None = None, protocols: Sequence[str] | None = None,
                   overrides: dict | None = None, bundle_dir: str | os.PathLike | None = None,
                   bundle_root: str | os.PathLike | None = None, dry_run: bool = False, report_only: bool = False,
-                  verbose: bool = False, command: str | None = None, log=print) -> dict:
+                  verbose: bool = False, command: str | None = None, log=print, jobs: int = 1) -> dict:
     """Plan, run (unless ``dry_run`` / ``report_only``) and report. Returns the runner's summary plus ``cells`` and
     ``report`` (paths of results.csv / results.md / plot.png)."""
     from mdm_med.benchmark.report import sort_rows, write_report
@@ -681,7 +732,7 @@ def run_benchmark(config: str | os.PathLike | dict, data_dir: str | os.PathLike,
         raise FileNotFoundError(f"--data-dir {data_dir} holds no GlaS images (train_N.png/bmp + train_N_anno.*); the "
                                 "benchmark never falls back to the synthetic demo set")
     cells = plan_cells(profile, methods, fractions, seeds, protocols)
-    runner = BenchmarkRunner(profile, data_dir, out, bundle_dir, bundle_root, verbose, log)
+    runner = BenchmarkRunner(profile, data_dir, out, bundle_dir, bundle_root, verbose, log, jobs)
     if dry_run:
         for c in cells:
             r = runner.finished(c)
@@ -705,7 +756,7 @@ def run_benchmark(config: str | os.PathLike | dict, data_dir: str | os.PathLike,
         "machine": machine_info(), "bundle_overrides": profile.bundle_overrides,
         "elapsed_s": summary["elapsed_s"], "pretrain": summary["pretrain"], "failed": summary["failed"],
         "missing": missing, "methods": {m.name: m.label for m in profile.methods.values()},
-        "object_metrics": list(profile.object_metrics),
+        "object_metrics": list(profile.object_metrics), "jobs": runner.jobs, "cell_threads": runner.cell_threads,
     }
     summary["report"] = write_report(summary["results"], runner.out, info)
     summary["cells"] = [c.name for c in cells]
