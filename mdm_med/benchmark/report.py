@@ -238,7 +238,7 @@ def plot_dice(rows: Sequence[dict], path: str | os.PathLike, title: str = "") ->
     multi = {(m, p) for (m, p, _f) in choice}
     agg = [a for a in aggregate(list(rows) + selected)
            if not ((a["method"], a["protocol"]) in multi and a["variant"] != VAL_BEST)]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(9.5, 4.5))
     arms: dict[tuple, list[dict]] = {}
     for a in agg:
         arms.setdefault((a["method"], a["protocol"], a["variant"]), []).append(a)
@@ -258,7 +258,7 @@ def plot_dice(rows: Sequence[dict], path: str | os.PathLike, title: str = "") ->
         ax.set_xticks(fractions)
         ax.set_xticklabels([_fraction_label(f) for f in fractions])
         ax.minorticks_off()
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))  # beside the axes: no point hidden
     else:
         ax.text(0.5, 0.5, "no results yet", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel("labelled training images (fraction of the training set)")
