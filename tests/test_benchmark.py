@@ -237,6 +237,12 @@ def test_parallel_jobs_wait_for_their_pretraining(tmp_path, monkeypatch):
     assert sorted(summary["ran"]) == sorted(c.name for c in cells if c.method.name != "b")
     assert len(ends) == len(order) == 6
     assert any("time left ~" in line for line in lines)
+    # time left: each remaining cell at the mean wall time of its kind, spread over the jobs' lanes
+    a_cells = [c for c in cells if c.method.name == "a"]
+    walls = {a_cells[0].name: {"wall_s": 10.0}, a_cells[1].name: {"seg_wall_s": 2.0}}
+    rest = [a_cells[1]] * 3
+    assert BenchmarkRunner._eta(rest, walls, cells, 1) == 6.0 and BenchmarkRunner._eta(rest, walls, cells, 2) == 4.0
+    assert BenchmarkRunner._eta([a_cells[0], *rest], walls, cells, 2) == 10.0
     # cores are split between jobs unless the caller fixed OMP_NUM_THREADS
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     assert cell_threads(1) is None and cell_threads(2) >= 1 and cell_threads(10 ** 6) == 1

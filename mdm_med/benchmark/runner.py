@@ -638,7 +638,7 @@ class BenchmarkRunner:
                     cell = self._next_ready(pending, running.values(), broken, failed)
                     if cell is None:
                         break
-                    eta = self._eta([*running.values(), *pending], done, cells, self.jobs)
+                    eta = self._eta([cell, *running.values(), *pending], done, cells, self.jobs)
                     left = f"time left ~{_fmt_s(eta)}" if eta is not None else \
                         "time left: known once a pretraining and a segmentation cell are done"
                     self.log(f"[benchmark] {len(done) + len(failed) + len(running) + 1}/{len(cells)} {cell.name} "
