@@ -207,7 +207,7 @@ def markdown_report(rows: Sequence[dict], info: dict | None = None) -> str:
                  + (f"; this invocation: {_fmt_s(info['elapsed_s'])}" if info.get("elapsed_s") is not None else ""))
     if info.get("jobs"):
         threads = info.get("cell_threads")
-        lines.append(f"- Cells run at once: {info['jobs']}, each with "
+        lines.append(f"- Cells run at once by this invocation: {info['jobs']}, each with "
                      + (f"{threads} CPU thread(s)" if threads else "torch's default CPU threads")
                      + " (wall times of cells that shared the machine are not single-cell times)" * (info["jobs"] > 1))
     if pre:

@@ -409,8 +409,6 @@ class BenchmarkRunner:
             raise ValueError(f"jobs must be >= 1, got {jobs}")
         self.profile = profile
         self.jobs = int(jobs)
-        # threads per cell: the visible cores split between the jobs unless OMP_NUM_THREADS is set by the caller;
-        # None = torch's default (all cores) with one job
         self.cell_threads = cell_threads(self.jobs)
         self.data_dir = Path(data_dir).resolve()
         self.out = Path(out).resolve()
@@ -756,7 +754,8 @@ def run_benchmark(config: str | os.PathLike | dict, data_dir: str | os.PathLike,
         "machine": machine_info(), "bundle_overrides": profile.bundle_overrides,
         "elapsed_s": summary["elapsed_s"], "pretrain": summary["pretrain"], "failed": summary["failed"],
         "missing": missing, "methods": {m.name: m.label for m in profile.methods.values()},
-        "object_metrics": list(profile.object_metrics), "jobs": runner.jobs, "cell_threads": runner.cell_threads,
+        "object_metrics": list(profile.object_metrics),
+        "jobs": runner.jobs if summary["ran"] else None, "cell_threads": runner.cell_threads,  # this invocation's
     }
     summary["report"] = write_report(summary["results"], runner.out, info)
     summary["cells"] = [c.name for c in cells]
