@@ -14,12 +14,13 @@ import pytest
 from mdm_med.benchmark import aggregate, cell_run_list, load_profile, markdown_report, plan_cells, select_on_validation
 from mdm_med.benchmark.__main__ import main
 from mdm_med.benchmark.runner import (SEGMENTATION_KEYS, VAL_SUMMARY, BenchmarkRunner, bundle_fingerprint,
-                                     cell_threads, default_bundle_dir, evaluation_fingerprint, fingerprint,
-                                     resolved_config)
+                                     cell_threads, check_data_dir, default_bundle_dir, evaluation_fingerprint,
+                                     fingerprint, profile_bundle_dir, resolved_config, run_benchmark)
 
 REPO = Path(__file__).resolve().parents[1]
 CPU_PROFILE = REPO / "benchmarks" / "glas_cpu.yaml"
 PAPER_PROFILE = REPO / "benchmarks" / "glas_paper.yaml"
+HIPPO_PROFILE = REPO / "benchmarks" / "hippocampus_cpu.yaml"
 BUNDLE = REPO / "bundles" / "mdm_glas"
 TINY = ["pretrain_iterations=4", "epoch_length=2", "max_epochs=1", "val_interval=1", "image_scale=1.0",
         "crop_size=32", "num_val=2", "preset=tiny"]
@@ -65,6 +66,39 @@ def test_paper_profile_extends_cpu_methods():
     assert ov["pretrain_batch_size"] * acc == 128 and ov["pretrain_iterations"] == 10000 * acc
     assert ov["epoch_length"] % acc == 0
     assert len(paper.seeds) >= 3 and paper.fractions == (0.05, 0.1, 0.25, 0.5, 1.0)
+
+
+def test_hippocampus_profile_drives_its_bundle_and_checks_its_data(tmp_path):
+    from mdm_med.data.synthetic import generate_glas_demo
+    from mdm_med.data.synthetic_volumes import generate_hippocampus_demo
+
+    cpu, hippo = load_profile(CPU_PROFILE), load_profile(HIPPO_PROFILE)
+    assert cpu.bundle == "mdm_glas" and profile_bundle_dir(cpu) == BUNDLE.resolve()
+    assert hippo.bundle == "mdm_hippocampus"
+    assert profile_bundle_dir(hippo) == (REPO / "bundles" / "mdm_hippocampus").resolve()
+    assert list(hippo.methods) == list(cpu.methods) and hippo.object_metrics == ()
+    assert hippo.bundle_overrides["preset"] == "cpu3d"
+    runner = BenchmarkRunner(hippo, tmp_path / "data", tmp_path / "out")
+    assert runner.bundle_dir == profile_bundle_dir(hippo) and runner.bundle_config["spatial_dims"] == 3
+    # a data folder of the wrong kind is refused before any cell runs, naming the folder and what it lacks
+    glas = generate_glas_demo(tmp_path / "glas", num_train=3, num_test=1, size=(32, 32))
+    with pytest.raises(FileNotFoundError, match=r"glas holds no Decathlon volumes .*hippocampus bundle"):
+        check_data_dir("hippocampus", glas)
+    with pytest.raises(FileNotFoundError, match="holds no GlaS images"):
+        check_data_dir("glas", tmp_path / "missing")
+    check_data_dir("hippocampus", generate_hippocampus_demo(tmp_path / "hippo", num_cases=2, shape=(24, 24, 24)))
+    with pytest.raises(FileNotFoundError, match="Decathlon volumes"):
+        run_benchmark(HIPPO_PROFILE, glas, tmp_path / "out", dry_run=True, log=lambda *_: None)
+    # GlaS gland metrics are refused for a 3-D multi-class bundle
+    with pytest.raises(ValueError, match="2-D binary masks"):
+        run_benchmark({**_profile_dict(HIPPO_PROFILE), "object_metrics": ["object_f1"]}, tmp_path / "hippo",
+                      tmp_path / "out", dry_run=True, log=lambda *_: None)
+
+
+def _profile_dict(path) -> dict:
+    from mdm_med.benchmark.runner import _read_profile
+
+    return _read_profile(Path(path))
 
 
 def test_profile_rejects_budget_overrides_and_bad_fractions():
@@ -437,3 +471,30 @@ def test_end_to_end_and_restart(tmp_path, capsys):
     again = json.loads((fresh / "results" / "scratch__finetune__f1__s0.json").read_text())
     rescored = json.loads((out / "results" / "scratch__finetune__f1__s0.json").read_text())
     assert again["dice"] == rescored["dice"] and again["object_f1"] == rescored["object_f1"]
+
+
+@pytest.mark.slow
+def test_end_to_end_on_the_hippocampus_bundle(tmp_path, capsys):
+    """The 3-D bundle through the same runner: pretraining, a fine-tuning and a head cell, per-class Dice kept."""
+    from mdm_med.data.synthetic_volumes import generate_hippocampus_demo
+
+    data = generate_hippocampus_demo(tmp_path / "hippo", num_cases=12, shape=(24, 24, 24))
+    out = tmp_path / "out"
+    argv = ["--config", str(HIPPO_PROFILE), "--data-dir", str(data), "--out", str(out), "--methods", "mdm",
+            "--fractions", "1.0", "--seeds", "0", "--set", "pretrain_iterations=2", "epoch_length=2", "max_epochs=1",
+            "val_interval=1", "crop_size=16", "preset=tiny"]
+    assert main(argv) == 0
+    assert "ran 3, re-scored 0, skipped 0" in capsys.readouterr().out
+    with open(out / "results.csv") as f:
+        rows = {r["protocol"]: r for r in csv.DictReader(f)}
+    assert sorted(rows) == ["finetune", "head"]
+    split = json.loads((out / "cells" / "mdm__finetune__f1__s0" / "run_config.json").read_text())["settings"]
+    for r in rows.values():
+        assert 0.0 <= float(r["dice"]) <= 1.0 and r["iou"] != "" and r["paper_iou"] == "" and r["object_f1"] == ""
+        assert int(r["labelled_images"]) == len(split["labelled_images"]) > 0
+        result = json.loads((out / "results" / f"{r['cell']}.json").read_text())
+        assert set(result["test_metrics"]) >= {"test_mean_dice", "test_dice_anterior", "test_dice_posterior"}
+        assert not set(split["test_images"]) & set(split["labelled_images"])
+    assert "mdm_hippocampus" in (out / "cells" / "mdm__head__f1__s0" / "command.sh").read_text()
+    md = (out / "results.md").read_text()
+    assert "mean over test images of the foreground classes' IoU" in md and "GlaS" not in md

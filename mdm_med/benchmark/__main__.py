@@ -28,10 +28,12 @@ def _sets(values) -> dict:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m mdm_med.benchmark",
-        description="Run methods x protocols x label fractions x seeds through the mdm_glas bundle (one process per "
-                    "cell; finished cells are skipped on restart) and write results.csv, results.md and plot.png.")
+        description="Run methods x protocols x label fractions x seeds through a bundle (the profile's `bundle`, "
+                    "default mdm_glas; one process per cell; finished cells are skipped on restart) and write "
+                    "results.csv, results.md and plot.png.")
     p.add_argument("--config", required=True, help="benchmark profile (YAML), e.g. benchmarks/glas_cpu.yaml")
-    p.add_argument("--data-dir", required=True, help="GlaS folder (train_N.png + train_N_anno.png, testA_N ...)")
+    p.add_argument("--data-dir", required=True, help="the bundle's data folder: GlaS (train_N.png + train_N_anno.png, "
+                                                       "testA_N ...) or a Decathlon task (imagesTr, labelsTr)")
     p.add_argument("--out", required=True, help="output folder (results, cells, pretrained weights, report)")
     p.add_argument("--methods", nargs="+", help="subset of the profile's methods (space or comma separated)")
     p.add_argument("--fractions", nargs="+", help="label fractions, e.g. 0.1 1.0")
@@ -39,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--protocols", nargs="+", help="head and/or finetune")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                    help="extra bundle overrides for every cell (YAML values), e.g. --set max_epochs=2")
-    p.add_argument("--bundle", help="bundle folder to drive (default: bundles/mdm_glas of this checkout)")
+    p.add_argument("--bundle", help="bundle folder to drive (default: the profile's `bundle`, else bundles/mdm_glas "
+                                    "of this checkout)")
     p.add_argument("--bundle-root", help="value of the bundle's bundle_root in every cell (default: --out), so no "
                                          "cell writes into the bundle's own runs/ or models/")
     p.add_argument("--jobs", type=int, default=1,

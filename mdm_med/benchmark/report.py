@@ -152,9 +152,13 @@ def markdown_report(rows: Sequence[dict], info: dict | None = None) -> str:
     by = {(a["method"], a["protocol"], a["variant"], a["label_fraction"]): a for a in agg}
     images = {a["label_fraction"]: a["labelled_images"] for a in agg if a.get("labelled_images")}
     lines = [f"# Label-efficiency benchmark: {info.get('profile', '')}", ""]
-    lines += ["Test-set Dice / IoU in %, mean ± std over seeds (n = number of seeds). IoU is the paper's "
-              "GlaS IoU = Dice / (2 - Dice) of the mean per-image Dice. `head` = frozen pretrained features + "
-              "pixel-MLP head; `finetune` = the whole U-Net fine-tuned (scratch: random init, same budget).", ""]
+    # the paper's GlaS IoU where the bundle computes it, else the mean IoU over test images (e.g. 3-D volumes)
+    iou = "paper_iou" if any(a.get("paper_iou_mean") is not None for a in agg) else "iou"
+    lines += ["Test-set Dice / IoU in %, mean ± std over seeds (n = number of seeds). "
+              + ("IoU is the paper's GlaS IoU = Dice / (2 - Dice) of the mean per-image Dice. " if iou == "paper_iou"
+                 else "IoU is the mean over test images of the foreground classes' IoU. ")
+              + "`head` = frozen pretrained features + per-pixel MLP head; `finetune` = the whole U-Net fine-tuned "
+              "(scratch: random init, same budget).", ""]
     head = ["Method", "Protocol"] + [
         f"{_fraction_label(f)} ({images.get(f, '?')} img) Dice / IoU" for f in fractions] + ["n"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -169,7 +173,7 @@ def markdown_report(rows: Sequence[dict], info: dict | None = None) -> str:
             label = _arm(a)
             ns.add(a["n"])
             cells.append(f"{_fmt(a['dice_mean'], a['dice_std'], True)} / "
-                         f"{_fmt(a['paper_iou_mean'], a['paper_iou_std'], True)}")
+                         f"{_fmt(a[f'{iou}_mean'], a[f'{iou}_std'], True)}")
         lines.append("| " + " | ".join([label, protocol] + cells + ["/".join(str(n) for n in sorted(ns))]) + " |")
     lines.append("")
     if choice:
@@ -186,7 +190,7 @@ def markdown_report(rows: Sequence[dict], info: dict | None = None) -> str:
         lines.append("| " + " | ".join([_arm(a), a["protocol"], _fraction_label(a["label_fraction"]), str(a["n"]),
                                         ",".join(map(str, a["seeds"]))] + vals) + " |")
     lines.append("")
-    if not info.get("object_metrics"):
+    if not info.get("object_metrics") and info.get("dataset", "glas") == "glas":
         lines += ["Object metrics (GlaS object F1 / Dice / Hausdorff) were not computed in this profile; set "
                   "`object_metrics` in the profile to add them to the bundle's test evaluator.", ""]
     pre = info.get("pretrain") or {}

@@ -45,7 +45,7 @@ from mdm_med.bundle import resolved_config
 from mdm_med.data.datalist import DEFAULT_FRACTIONS, write_json_atomic
 
 __all__ = ["Cell", "Profile", "load_profile", "plan_cells", "cell_run_list", "resolved_config", "run_benchmark",
-           "default_bundle_dir",
+           "default_bundle_dir", "profile_bundle_dir", "check_data_dir",
            "PROTOCOLS", "BUDGET_KEYS", "OBJECT_METRICS"]
 
 PROTOCOLS = {"head": "head", "finetune": "finetune"}  # protocol -> the bundle's seg_mode
@@ -53,7 +53,7 @@ PROTOCOLS = {"head": "head", "finetune": "finetune"}  # protocol -> the bundle's
 # override them.
 BUDGET_KEYS = frozenset({"preset", "pretrain_iterations", "pretrain_batch_size", "epoch_length", "max_epochs",
                          "seg_batch_size", "crop_size", "image_scale", "patch_size", "pretrain_lr", "val_interval",
-                         "early_stop_patience", "early_stop_warmup", "num_val"})
+                         "early_stop_patience", "early_stop_warmup", "num_val", "val_frac", "test_frac", "split_seed"})
 # Keys the runner sets itself for every cell.
 RESERVED_KEYS = frozenset({"label_fraction", "seed", "output_dir", "bundle_root", "dataset_dir",
                            "pretrained_checkpoint", "pretrain_method", "run"})
@@ -91,12 +91,41 @@ SEGMENTATION_SECTIONS = SEGMENTATION_KEYS | {"train", "validate", "test", "test_
 FINGERPRINT_IGNORE = ("run", "bundle_root", "output_dir", "pretrained_checkpoint")  # paths that follow --out
 
 
-def default_bundle_dir() -> Path:
-    """``bundles/mdm_glas`` of this checkout (next to the ``mdm_med`` package), else of the current directory."""
-    for candidate in (Path(__file__).resolve().parents[2] / "bundles" / "mdm_glas", Path("bundles") / "mdm_glas"):
+def default_bundle_dir(name: str = "mdm_glas") -> Path:
+    """``bundles/<name>`` of this checkout (next to the ``mdm_med`` package), else of the current directory."""
+    for candidate in (Path(__file__).resolve().parents[2] / "bundles" / name, Path("bundles") / name):
         if (candidate / "configs" / "train.json").is_file():
             return candidate.resolve()
-    raise FileNotFoundError("cannot find bundles/mdm_glas; pass --bundle /path/to/mdm_glas")
+    raise FileNotFoundError(f"cannot find bundles/{name}; pass --bundle /path/to/{name}")
+
+
+def profile_bundle_dir(profile: Profile) -> Path:
+    """The folder of the profile's ``bundle``: a path (relative to the profile file) when it names a folder with
+    ``configs/train.json``, else a bundle name under ``bundles/``."""
+    as_path = Path(profile.source).parent / profile.bundle if profile.source else Path(profile.bundle)
+    if (as_path / "configs" / "train.json").is_file():
+        return as_path.resolve()
+    return default_bundle_dir(profile.bundle)
+
+
+def _data_checks() -> dict:
+    """The bundle's ``dataset_name`` -> (check of a data folder, what the folder must hold)."""
+    from mdm_med.data.decathlon import has_decathlon_images
+    from mdm_med.data.glas import has_glas_images
+    from mdm_med.data.monuseg import has_monuseg_layout
+
+    return {"glas": (has_glas_images, "GlaS images (train_N.png/bmp + train_N_anno.*)"),
+            "hippocampus": (has_decathlon_images, "Decathlon volumes (imagesTr/*.nii.gz + labelsTr/*.nii.gz)"),
+            "monuseg": (has_monuseg_layout, "the MoNuSeg layout ({images,labels,instances}{Tr,Ts}/*.png)")}
+
+
+def check_data_dir(dataset_name: str, data_dir: str | os.PathLike) -> None:
+    """Raise ``FileNotFoundError`` when ``data_dir`` does not hold the data the bundle reads (checked for the bundles'
+    known datasets; a cell that ran on a bundle's synthetic demo data instead fails when its result is read)."""
+    check = _data_checks().get(dataset_name)
+    if check is not None and not check[0](data_dir):
+        raise FileNotFoundError(f"--data-dir {data_dir} holds no {check[1]}, which the {dataset_name} bundle reads; "
+                                "the benchmark never falls back to the synthetic demo set")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -131,6 +160,7 @@ class Profile:
     pretrain_seed: int = 0
     object_metrics: tuple[str, ...] = ()
     source: str = ""
+    bundle: str = "mdm_glas"  # the bundle the cells run: a folder name under bundles/, or a path
 
 
 def _floats(values) -> tuple[float, ...]:
@@ -199,7 +229,8 @@ def load_profile(config: str | os.PathLike | dict, overrides: dict | None = None
         seeds=tuple(int(s) for s in config.get("seeds") or (0, 1, 2)),
         protocols=protocols, methods=methods, bundle_overrides=bundle_overrides,
         pretrain_seed=int(config.get("pretrain_seed", 0)),
-        object_metrics=tuple(config.get("object_metrics") or ()), source=source)
+        object_metrics=tuple(config.get("object_metrics") or ()), source=source,
+        bundle=str(config.get("bundle") or "mdm_glas"))
     _check_profile(profile)
     return profile
 
@@ -412,7 +443,7 @@ class BenchmarkRunner:
         self.cell_threads = cell_threads(self.jobs)
         self.data_dir = Path(data_dir).resolve()
         self.out = Path(out).resolve()
-        self.bundle_dir = Path(bundle_dir).resolve() if bundle_dir else default_bundle_dir()
+        self.bundle_dir = Path(bundle_dir).resolve() if bundle_dir else profile_bundle_dir(profile)
         self.bundle_root = Path(bundle_root).resolve() if bundle_root else self.out
         self.verbose = verbose
         self.log = log
@@ -584,7 +615,9 @@ class BenchmarkRunner:
         return {"dice": test.get("test_mean_dice"), "iou": test.get("test_mean_iou"),
                 "paper_iou": test.get("test_paper_iou"),
                 **{name: test.get(f"test_{name}") for name in OBJECT_METRICS},
-                "test_images": test.get("test_images")}
+                "test_images": test.get("test_images"),
+                "test_metrics": {k: v for k, v in test.items()  # every test metric, e.g. Dice per class
+                                 if k.startswith("test_") and isinstance(v, (int, float))}}
 
     def rescore(self, cell: Cell, result: dict) -> dict:
         """Test a finished cell's saved model (``<cell dir>/model.pt``) again with this run's test-only settings and
@@ -723,14 +756,15 @@ def run_benchmark(config: str | os.PathLike | dict, data_dir: str | os.PathLike,
     """Plan, run (unless ``dry_run`` / ``report_only``) and report. Returns the runner's summary plus ``cells`` and
     ``report`` (paths of results.csv / results.md / plot.png)."""
     from mdm_med.benchmark.report import sort_rows, write_report
-    from mdm_med.data.glas import has_glas_images
 
     profile = load_profile(config, overrides)
-    if not has_glas_images(data_dir):
-        raise FileNotFoundError(f"--data-dir {data_dir} holds no GlaS images (train_N.png/bmp + train_N_anno.*); the "
-                                "benchmark never falls back to the synthetic demo set")
     cells = plan_cells(profile, methods, fractions, seeds, protocols)
     runner = BenchmarkRunner(profile, data_dir, out, bundle_dir, bundle_root, verbose, log, jobs)
+    check_data_dir(runner.bundle_config.get("dataset_name", ""), data_dir)
+    binary_2d = runner.bundle_config.get("spatial_dims") == 2 and runner.bundle_config.get("num_classes") == 2
+    if profile.object_metrics and not binary_2d:
+        raise ValueError(f"object_metrics {list(profile.object_metrics)} score connected components of 2-D binary "
+                         f"masks; the bundle {runner.bundle_dir} is not 2-D with 2 classes")
     if dry_run:
         for c in cells:
             r = runner.finished(c)
@@ -754,7 +788,7 @@ def run_benchmark(config: str | os.PathLike | dict, data_dir: str | os.PathLike,
         "machine": machine_info(), "bundle_overrides": profile.bundle_overrides,
         "elapsed_s": summary["elapsed_s"], "pretrain": summary["pretrain"], "failed": summary["failed"],
         "missing": missing, "methods": {m.name: m.label for m in profile.methods.values()},
-        "object_metrics": list(profile.object_metrics),
+        "object_metrics": list(profile.object_metrics), "dataset": runner.bundle_config.get("dataset_name", ""),
         "jobs": runner.jobs if summary["ran"] else None, "cell_threads": runner.cell_threads,  # this invocation's
     }
     summary["report"] = write_report(summary["results"], runner.out, info)
