@@ -494,7 +494,14 @@ def test_end_to_end_on_the_hippocampus_bundle(tmp_path, capsys):
         assert int(r["labelled_images"]) == len(split["labelled_images"]) > 0
         result = json.loads((out / "results" / f"{r['cell']}.json").read_text())
         assert set(result["test_metrics"]) >= {"test_mean_dice", "test_dice_anterior", "test_dice_posterior"}
+        assert float(r["dice_anterior"]) == result["test_metrics"]["test_dice_anterior"]  # a CSV column per class
+        assert min(result["dice_anterior"], result["dice_posterior"]) <= result["dice"] <= max(
+            result["dice_anterior"], result["dice_posterior"])
         assert not set(split["test_images"]) & set(split["labelled_images"])
+    from mdm_med.benchmark.report import read_csv
+
+    assert all(isinstance(r["dice_posterior"], float) for r in read_csv(out / "results.csv"))
     assert "mdm_hippocampus" in (out / "cells" / "mdm__head__f1__s0" / "command.sh").read_text()
     md = (out / "results.md").read_text()
     assert "mean over test images of the foreground classes' IoU" in md and "GlaS" not in md
+    assert "| Dice anterior | Dice posterior |" in md

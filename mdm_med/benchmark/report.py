@@ -18,7 +18,7 @@ from pathlib import Path
 from mdm_med.io import atomic_write
 
 __all__ = ["CSV_FIELDS", "METRICS", "aggregate", "select_on_validation", "markdown_report", "plot_dice",
-           "write_csv", "write_report", "read_csv", "merge_results", "sort_rows", "VAL_BEST"]
+           "write_csv", "write_report", "read_csv", "merge_results", "sort_rows", "class_dice_fields", "VAL_BEST"]
 
 CSV_FIELDS = ["method", "method_label", "protocol", "variant", "seg_mode", "seg_timestep", "label_fraction",
               "labelled_images", "seed", "dice", "iou", "paper_iou", "object_f1", "object_dice", "object_hausdorff",
@@ -33,6 +33,17 @@ INT_FIELDS = frozenset({"seg_timestep", "labelled_images", "seed", "best_epoch",
 FLOAT_FIELDS = frozenset({"label_fraction", "dice", "iou", "paper_iou", "object_f1", "object_dice",
                           "object_hausdorff", "val_dice", "pretrain_wall_s", "seg_wall_s"})
 REQUIRED_FIELDS = ("method", "protocol", "label_fraction", "seed", "dice", "cell")
+CLASS_DICE = "dice_"  # prefix of per-class Dice fields (e.g. dice_anterior), from bundles with several classes
+
+
+def class_dice_fields(rows: Sequence[dict]) -> list[str]:
+    """The per-class Dice fields (``dice_<class>``) found in ``rows``, sorted: extra CSV columns and report metrics."""
+    return sorted({k for r in rows for k in r if k.startswith(CLASS_DICE) and k not in CSV_FIELDS})
+
+
+def _metrics(rows: Sequence[dict]) -> dict:
+    """``METRICS`` plus the rows' per-class Dice fields."""
+    return {**METRICS, **{k: (f"Dice {k[len(CLASS_DICE):]}", True) for k in class_dice_fields(rows)}}
 
 
 def _num(x) -> float | None:
@@ -142,7 +153,8 @@ def markdown_report(rows: Sequence[dict], info: dict | None = None) -> str:
     long table of every metric, the validation-only timestep choices, and the run information."""
     info = info or {}
     selected, choice = select_on_validation(rows)
-    agg = _ordered(aggregate(list(rows) + selected))
+    metrics = _metrics(rows)
+    agg = _ordered(aggregate(list(rows) + selected, tuple(metrics)))
     fractions = sorted({a["label_fraction"] for a in agg}, reverse=True)
     arms: list[tuple] = []
     for a in agg:
@@ -181,12 +193,12 @@ def markdown_report(rows: Sequence[dict], info: dict | None = None) -> str:
                   "VALIDATION Dice (the test set plays no part in the choice): "
                   + "; ".join(f"{m}/{p} {_fraction_label(f)}: {v}" for (m, p, f), v in sorted(choice.items())) + ".",
                   ""]
-    shown = [m for m in METRICS if any(a.get(f"{m}_mean") is not None for a in agg)]
+    shown = [m for m in metrics if any(a.get(f"{m}_mean") is not None for a in agg)]
     lines += ["## All metrics", "", "Mean ± std over seeds; Dice, IoU, object F1 / Dice and val Dice in %.", ""]
-    head = ["Method", "Protocol", "Fraction", "n", "seeds"] + [METRICS[m][0] for m in shown]
+    head = ["Method", "Protocol", "Fraction", "n", "seeds"] + [metrics[m][0] for m in shown]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for a in agg:
-        vals = [_fmt(a[f"{m}_mean"], a[f"{m}_std"], METRICS[m][1], 2 if METRICS[m][1] else 1) for m in shown]
+        vals = [_fmt(a[f"{m}_mean"], a[f"{m}_std"], metrics[m][1], 2 if metrics[m][1] else 1) for m in shown]
         lines.append("| " + " | ".join([_arm(a), a["protocol"], _fraction_label(a["label_fraction"]), str(a["n"]),
                                         ",".join(map(str, a["seeds"]))] + vals) + " |")
     lines.append("")
@@ -282,10 +294,11 @@ def _save_atomic(write, path: str | os.PathLike) -> None:
 def write_csv(rows: Sequence[dict], path: str | os.PathLike) -> str:
     def write(tmp):
         with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+            fields = CSV_FIELDS + class_dice_fields(rows)
+            w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
             w.writeheader()
             for r in rows:
-                w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in CSV_FIELDS})
+                w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in fields})
 
     _save_atomic(write, path)
     return str(path)
@@ -334,7 +347,7 @@ def read_csv(path: str | os.PathLike) -> list[dict]:
                     raise ValueError(f"{path}, line {line}: more values than columns")
                 if v in (None, ""):
                     row[k] = None
-                elif k in INT_FIELDS or k in FLOAT_FIELDS:
+                elif k in INT_FIELDS or k in FLOAT_FIELDS or k.startswith(CLASS_DICE):
                     try:
                         row[k] = int(v) if k in INT_FIELDS else float(v)
                     except ValueError:

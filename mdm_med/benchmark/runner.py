@@ -616,6 +616,8 @@ class BenchmarkRunner:
                 "paper_iou": test.get("test_paper_iou"),
                 **{name: test.get(f"test_{name}") for name in OBJECT_METRICS},
                 "test_images": test.get("test_images"),
+                **{f"dice_{k[len('test_dice_'):]}": v for k, v in test.items()  # per class, e.g. dice_anterior
+                   if k.startswith("test_dice_") and isinstance(v, (int, float))},
                 "test_metrics": {k: v for k, v in test.items()  # every test metric, e.g. Dice per class
                                  if k.startswith("test_") and isinstance(v, (int, float))}}
 
