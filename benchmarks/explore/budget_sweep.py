@@ -34,8 +34,8 @@ SWEEPS = {
         "T4k_s1000": dict(preset="tiny", pretrain_iterations=4000, epoch_length=25, max_epochs=40, val_interval=4),
     }),
     "hippocampus": dict(profile="../hippocampus_cpu.yaml", fixed={}, random="C800", budgets={
-        "C800": dict(preset="cpu3d", pretrain_iterations=800, pretrain_lr=1e-4),  # = hippocampus_cpu.yaml
-        "C800_lr5": dict(preset="cpu3d", pretrain_iterations=800, pretrain_lr=5e-4, scratch=False),
+        "C800": dict(preset="cpu3d", pretrain_iterations=800, pretrain_lr=1e-4),  # mdm_hippocampus 0.2.0 defaults
+        "C800_lr5": dict(preset="cpu3d", pretrain_iterations=800, pretrain_lr=5e-4, scratch=False),  # = the profile
         "C4k_lr5": dict(preset="cpu3d", pretrain_iterations=4000, pretrain_lr=5e-4, scratch=False),
         "T4k_lr5": dict(preset="tiny", pretrain_iterations=4000, pretrain_lr=5e-4),
     }),
