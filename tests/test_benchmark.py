@@ -199,6 +199,23 @@ def test_results_from_another_bundle_version_are_refused(tmp_path):
         runner.finished(seg)
     assert runner.finished(pre) is None
 
+    # a result that passes the old check is given the fingerprint of the effective config (bundle + overrides)
+    path.write_text(json.dumps(dict(result, bundle_fingerprint=bundle_fingerprint(config, "segment"))))
+    runner.finished(seg)
+    stored = json.loads(path.read_text())["config_fingerprint"]
+    assert stored == bundle_fingerprint(config, "segment", runner.overrides(seg))
+    # a default that the profile overrides may change (max_epochs is in the profile), one it does not may not
+    assert "max_epochs" in p.bundle_overrides
+    runner.bundle_config = dict(config, max_epochs=99, _comment="new default")
+    assert runner.finished(seg)["config_fingerprint"] == stored
+    runner.bundle_config = changed
+    with pytest.raises(ValueError, match="another effective config"):
+        runner.finished(seg)
+    # nested override ids reach into the config
+    nested = bundle_fingerprint(config, "segment", {"train#batch_size": 3})
+    assert nested != bundle_fingerprint(config, "segment")
+    assert nested == bundle_fingerprint(config, "segment", {"train": {**config["train"], "batch_size": 3}})
+
 
 def test_method_reuses_another_methods_pretraining(tmp_path):
     spec = {"methods": {"mdm": {"overrides": {"pretrain_loss": "ssim"}},

@@ -10,7 +10,8 @@ A *cell* is one bundle run in its own Python process (``python -m monai.bundle r
 The overrides of each cell are written to ``<cell dir>/overrides.json`` and merged as the last config file, so
 the exact command in ``<cell dir>/command.sh`` reproduces the cell. A cell is finished when its result JSON
 (``<out>/results/<cell>.json``, written atomically) exists; a restarted benchmark skips finished cells and refuses
-to mix results made with different settings (the result stores a fingerprint of the overrides and of the bundle).
+to mix results made with different settings (the result stores a fingerprint of the overrides and one of the
+bundle's config with the overrides applied).
 Settings that only the test reads (``EVALUATION_KEYS``: the mask clean-up, the test metrics) are fingerprinted
 apart: when only they change, a finished cell is re-scored from its saved model (``evaluate_command.sh``), not
 trained again. Validation, which picks the checkpoint, does not read them, so a re-scored cell equals a fresh one.
@@ -24,6 +25,7 @@ and the cell's command line is a complete, copy-pasteable reproduction. The pric
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import json
@@ -370,11 +372,30 @@ def _without_comments(x):
     return x
 
 
-def bundle_fingerprint(config: dict, kind: str) -> str:
-    """Hash of the bundle's resolved config (comments left out) that the training of a cell of ``kind`` depends on:
-    all but ``EVALUATION_SECTIONS`` for a segmentation cell, all but ``SEGMENTATION_SECTIONS`` for a pretraining.
-    Results store it, so a changed bundle default (say, the augmentation) is not mixed with results made before the
-    change."""
+def _with_override(config, key: str, value):
+    """Set ``key`` (``"a#b#0"``: nested ids as in a bundle config) in ``config`` (a copy is returned)."""
+    config = copy.deepcopy(config)
+    *parents, last = key.split("#")
+    node = config
+    for part in parents:
+        node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
+    if isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value
+    return config
+
+
+def bundle_fingerprint(config: dict, kind: str, overrides: dict | None = None) -> str:
+    """Hash of what the training of a cell of ``kind`` reads: the bundle's resolved config (comments left out) with
+    the cell's training ``overrides`` applied, less ``EVALUATION_SECTIONS`` for a segmentation cell and less
+    ``SEGMENTATION_SECTIONS`` for a pretraining. Results store it as ``config_fingerprint``, so a changed bundle
+    default (say, the augmentation) is not mixed with results made before the change, while a default that the
+    profile overrides anyway (say, the pretraining lr) does not matter. Without ``overrides`` it is the bundle's own
+    hash, which results written before the overrides were applied store as ``bundle_fingerprint``."""
+    for key, value in (overrides or {}).items():
+        if key not in FINGERPRINT_IGNORE and not _is_evaluation_key(key):
+            config = _with_override(config, key, value)
     config = _without_comments(config)
     drop = SEGMENTATION_SECTIONS if kind == "pretrain" else EVALUATION_SECTIONS
     return _hash({k: v for k, v in config.items() if k not in drop})
@@ -509,12 +530,25 @@ class BenchmarkRunner:
                 f"{path} was made with other settings than this run (fingerprint {result.get('fingerprint')} vs "
                 f"{want}; see {self.work_dir(cell) / 'overrides.json'}). Use a new --out, or delete the old result "
                 "to recompute it.")
-        want = bundle_fingerprint(self.bundle_config, cell.kind)
-        if result.get("bundle_fingerprint", want) != want:  # results written before this check carry none
+        want = bundle_fingerprint(self.bundle_config, cell.kind, self.overrides(cell))
+        if "config_fingerprint" in result:
+            if result["config_fingerprint"] != want:
+                raise ValueError(
+                    f"{path} was made with another effective config (the bundle {self.bundle_dir} with this run's "
+                    f"overrides; config fingerprint {result['config_fingerprint']} vs {want}). Use a new --out, or "
+                    "delete the old result to recompute it.")
+            return result
+        # written before the overrides were part of the hash: check the bundle's own hash (absent in the oldest
+        # results), then store the effective one so that a later bundle version with the same effective config
+        # (only defaults the profile overrides changed) accepts the result
+        own = bundle_fingerprint(self.bundle_config, cell.kind)
+        if result.get("bundle_fingerprint", own) != own:
             raise ValueError(
                 f"{path} was made with another version of the bundle's configs ({self.bundle_dir}; bundle "
-                f"fingerprint {result['bundle_fingerprint']} vs {want}). Use a new --out, or delete the old result "
+                f"fingerprint {result['bundle_fingerprint']} vs {own}). Use a new --out, or delete the old result "
                 "to recompute it.")
+        result = {**result, "config_fingerprint": want}
+        write_json_atomic(result, path)
         return result
 
     @functools.cached_property
@@ -577,7 +611,7 @@ class BenchmarkRunner:
         ov = self.overrides(cell)
         result = {"cell": cell.name, "method": cell.method.name, "pretrained_checkpoint": str(ckpt), "wall_s": wall,
                   "pretrain_iterations": ov.get("pretrain_iterations"), "fingerprint": fingerprint(ov),
-                  "bundle_fingerprint": bundle_fingerprint(self.bundle_config, cell.kind),
+                  "config_fingerprint": bundle_fingerprint(self.bundle_config, cell.kind, ov),
                   "cell_threads": self.cell_threads, "finished_at": time.strftime("%Y-%m-%d %H:%M:%S")}
         write_json_atomic(result, self.result_path(cell))
         return result
@@ -599,7 +633,7 @@ class BenchmarkRunner:
             "epochs_run": val.get("epochs_run"),
             "pretrain_wall_s": pretrain_result.get("wall_s") if pretrain_result else None,
             "seg_wall_s": wall, "output_dir": str(work), "fingerprint": fingerprint(ov),
-            "bundle_fingerprint": bundle_fingerprint(self.bundle_config, cell.kind),
+            "config_fingerprint": bundle_fingerprint(self.bundle_config, cell.kind, ov),
             "evaluation_fingerprint": evaluation_fingerprint(self.bundle_config, ov),
             "cell_threads": self.cell_threads, "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
         }
