@@ -436,6 +436,7 @@ def test_end_to_end_and_restart(tmp_path, capsys):
         assert label in md
     assert "python -m mdm_med.benchmark --config" in md and str(data) in md
     assert "Cells run at once by this invocation: 2" in md
+    assert "object F1 / Dice and val Dice in %" in md and "numeric order (the paper's rule)" in md
     assert (out / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # pretraining happened once, into the benchmark's folder; nothing went into the bundle's runs/ or models/
     assert (out / "pretrain" / "mdm" / "pretrained.pt").is_file()
@@ -522,3 +523,4 @@ def test_end_to_end_on_the_hippocampus_bundle(tmp_path, capsys):
     md = (out / "results.md").read_text()
     assert "mean over test images of the foreground classes' IoU" in md and "GlaS" not in md
     assert "| Dice anterior | Dice posterior |" in md
+    assert "object F1" not in md and "paper's rule" not in md  # GlaS wording stays with GlaS

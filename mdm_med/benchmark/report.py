@@ -194,7 +194,8 @@ def markdown_report(rows: Sequence[dict], info: dict | None = None) -> str:
                   + "; ".join(f"{m}/{p} {_fraction_label(f)}: {v}" for (m, p, f), v in sorted(choice.items())) + ".",
                   ""]
     shown = [m for m in metrics if any(a.get(f"{m}_mean") is not None for a in agg)]
-    lines += ["## All metrics", "", "Mean ± std over seeds; Dice, IoU, object F1 / Dice and val Dice in %.", ""]
+    in_percent = "Dice, IoU, " + ("object F1 / Dice " if any(m.startswith("object_") for m in shown) else "")
+    lines += ["## All metrics", "", f"Mean ± std over seeds; {in_percent}and val Dice in %.", ""]
     head = ["Method", "Protocol", "Fraction", "n", "seeds"] + [metrics[m][0] for m in shown]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for a in agg:
@@ -232,7 +233,8 @@ def markdown_report(rows: Sequence[dict], info: dict | None = None) -> str:
     if info.get("bundle_overrides"):
         lines.append("- Bundle overrides (every cell): "
                      + ", ".join(f"`{k}={v}`" for k, v in info["bundle_overrides"].items()))
-    lines.append("- Labelled subsets: the first N training images in numeric order (the paper's rule), the same "
+    lines.append("- Labelled subsets: the first N training images in numeric order"
+                 + (" (the paper's rule)" if info.get("dataset", "glas") == "glas" else "") + ", the same "
                  "for every seed; the seed changes network initialisation, crops / augmentation and sampling.")
     failed, missing = info.get("failed") or {}, info.get("missing") or []
     if failed:

@@ -43,6 +43,7 @@ from pathlib import Path
 
 import yaml
 
+from mdm_med.benchmark.report import CLASS_DICE
 from mdm_med.bundle import resolved_config
 from mdm_med.data.datalist import DEFAULT_FRACTIONS, write_json_atomic
 
@@ -650,7 +651,7 @@ class BenchmarkRunner:
                 "paper_iou": test.get("test_paper_iou"),
                 **{name: test.get(f"test_{name}") for name in OBJECT_METRICS},
                 "test_images": test.get("test_images"),
-                **{f"dice_{k[len('test_dice_'):]}": v for k, v in test.items()  # per class, e.g. dice_anterior
+                **{CLASS_DICE + k[len("test_dice_"):]: v for k, v in test.items()  # per class, e.g. dice_anterior
                    if k.startswith("test_dice_") and isinstance(v, (int, float))},
                 "test_metrics": {k: v for k, v in test.items()  # every test metric, e.g. Dice per class
                                  if k.startswith("test_") and isinstance(v, (int, float))}}
