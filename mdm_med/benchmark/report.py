@@ -194,8 +194,8 @@ def markdown_report(rows: Sequence[dict], info: dict | None = None) -> str:
                   + "; ".join(f"{m}/{p} {_fraction_label(f)}: {v}" for (m, p, f), v in sorted(choice.items())) + ".",
                   ""]
     shown = [m for m in metrics if any(a.get(f"{m}_mean") is not None for a in agg)]
-    in_percent = "Dice, IoU, " + ("object F1 / Dice " if any(m.startswith("object_") for m in shown) else "")
-    lines += ["## All metrics", "", f"Mean ± std over seeds; {in_percent}and val Dice in %.", ""]
+    in_percent = ", ".join(["Dice", "IoU"] + ["object F1 / Dice"] * any(m.startswith("object_") for m in shown))
+    lines += ["## All metrics", "", f"Mean ± std over seeds; {in_percent} and val Dice in %.", ""]
     head = ["Method", "Protocol", "Fraction", "n", "seeds"] + [metrics[m][0] for m in shown]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for a in agg:
