@@ -25,7 +25,6 @@ and the cell's command line is a complete, copy-pasteable reproduction. The pric
 
 from __future__ import annotations
 
-import copy
 import functools
 import hashlib
 import json
@@ -373,9 +372,8 @@ def _without_comments(x):
     return x
 
 
-def _with_override(config, key: str, value):
-    """Set ``key`` (``"a#b#0"``: nested ids as in a bundle config) in ``config`` (a copy is returned)."""
-    config = copy.deepcopy(config)
+def _set_id(config, key: str, value) -> None:
+    """Set ``key`` (``"a#b#0"``: nested ids as in a bundle config) in ``config``, in place."""
     *parents, last = key.split("#")
     node = config
     for part in parents:
@@ -384,7 +382,6 @@ def _with_override(config, key: str, value):
         node[int(last)] = value
     else:
         node[last] = value
-    return config
 
 
 def bundle_fingerprint(config: dict, kind: str, overrides: dict | None = None) -> str:
@@ -394,10 +391,10 @@ def bundle_fingerprint(config: dict, kind: str, overrides: dict | None = None) -
     default (say, the augmentation) is not mixed with results made before the change, while a default that the
     profile overrides anyway (say, the pretraining lr) does not matter. Without ``overrides`` it is the bundle's own
     hash, which results written before the overrides were applied store as ``bundle_fingerprint``."""
+    config = _without_comments(config)  # copies dicts and lists, so the overrides are set in place
     for key, value in (overrides or {}).items():
         if key not in FINGERPRINT_IGNORE and not _is_evaluation_key(key):
-            config = _with_override(config, key, value)
-    config = _without_comments(config)
+            _set_id(config, key, _without_comments(value))
     drop = SEGMENTATION_SECTIONS if kind == "pretrain" else EVALUATION_SECTIONS
     return _hash({k: v for k, v in config.items() if k not in drop})
 
