@@ -199,8 +199,11 @@ def test_results_from_another_bundle_version_are_refused(tmp_path):
         runner.finished(seg)
     assert runner.finished(pre) is None
 
-    # a result that passes the old check is given the fingerprint of the effective config (bundle + overrides)
+    # a result that passes the old check is given the fingerprint of the effective config (bundle + overrides),
+    # except under --dry-run, which writes nothing
     path.write_text(json.dumps(dict(result, bundle_fingerprint=bundle_fingerprint(config, "segment"))))
+    assert "config_fingerprint" in runner.finished(seg, upgrade=False)
+    assert "config_fingerprint" not in json.loads(path.read_text())
     runner.finished(seg)
     stored = json.loads(path.read_text())["config_fingerprint"]
     assert stored == bundle_fingerprint(config, "segment", runner.overrides(seg))

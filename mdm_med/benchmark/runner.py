@@ -516,7 +516,9 @@ class BenchmarkRunner:
                 "--logging_file", str(self.bundle_dir / "configs" / "logging.conf")]
 
     # state --------------------------------------------------------------------------------------------------
-    def finished(self, cell: Cell) -> dict | None:
+    def finished(self, cell: Cell, upgrade: bool = True) -> dict | None:
+        """The cell's stored result, or None if it has none yet. Raises if it was made with other settings. A result
+        older than the effective-config fingerprint is given one on disk when ``upgrade`` (not under --dry-run)."""
         path = self.result_path(cell)
         if not path.is_file():
             return None
@@ -546,7 +548,8 @@ class BenchmarkRunner:
                 f"fingerprint {result['bundle_fingerprint']} vs {own}). Use a new --out, or delete the old result "
                 "to recompute it.")
         result = {**result, "config_fingerprint": want}
-        write_json_atomic(result, path)
+        if upgrade:
+            write_json_atomic(result, path)
         return result
 
     @functools.cached_property
@@ -801,7 +804,7 @@ def run_benchmark(config: str | os.PathLike | dict, data_dir: str | os.PathLike,
                          f"masks; the bundle {runner.bundle_dir} is not 2-D with 2 classes")
     if dry_run:
         for c in cells:
-            r = runner.finished(c)
+            r = runner.finished(c, upgrade=False)
             state = "todo" if r is None else "rescore" if runner.stale_evaluation(c, r) else "done"
             log(f"{state:7s} {c.name}")
         return {"cells": [c.name for c in cells], "ran": [], "rescored": [], "skipped": [], "failed": {}, "results": [],
