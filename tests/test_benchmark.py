@@ -13,9 +13,10 @@ import pytest
 
 from mdm_med.benchmark import aggregate, cell_run_list, load_profile, markdown_report, plan_cells, select_on_validation
 from mdm_med.benchmark.__main__ import main
-from mdm_med.benchmark.runner import (SEGMENTATION_KEYS, VAL_SUMMARY, BenchmarkRunner, bundle_fingerprint,
-                                     cell_threads, check_data_dir, default_bundle_dir, evaluation_fingerprint,
-                                     fingerprint, profile_bundle_dir, resolved_config, run_benchmark)
+from mdm_med.benchmark.runner import (SEGMENTATION_KEYS, VAL_SUMMARY, BenchmarkRunner, InvocationLog,
+                                     bundle_fingerprint, cell_threads, check_data_dir, default_bundle_dir,
+                                     evaluation_fingerprint, fingerprint, profile_bundle_dir, read_invocations,
+                                     resolved_config, run_benchmark)
 
 REPO = Path(__file__).resolve().parents[1]
 CPU_PROFILE = REPO / "benchmarks" / "glas_cpu.yaml"
@@ -271,12 +272,16 @@ def test_parallel_jobs_wait_for_their_pretraining(tmp_path, monkeypatch):
         with lock:
             now["running"] -= 1
             events.append(("end", cell.name))
+        if cell.name == "pretrain__a":  # the invocation's record is on disk while it runs, kept up by a heartbeat
+            record = read_invocations(tmp_path / "out")[-1]
+            assert not record["ended"] and record["jobs"] == 2 and record["elapsed_s"] >= 0.2
         if cell.name == "pretrain__b":
             raise CellFailed("pretrain__b failed (exit 1)")
         return {"cell": cell.name, "wall_s": 1.0} if cell.kind == "pretrain" else \
             {"cell": cell.name, "seg_wall_s": 1.0, "dice": 0.5}
 
     monkeypatch.setattr(runner, "_run_cell", fake)
+    monkeypatch.setattr(InvocationLog, "heartbeat_s", 0.05)
     cells = plan_cells(profile)
     summary = runner.run(cells)
     order = [name for kind, name in events if kind == "start"]
@@ -291,6 +296,14 @@ def test_parallel_jobs_wait_for_their_pretraining(tmp_path, monkeypatch):
     assert sorted(summary["ran"]) == sorted(c.name for c in cells if c.method.name != "b")
     assert len(ends) == len(order) == 6
     assert any("time left ~" in line for line in lines)
+    (record,) = read_invocations(tmp_path / "out")
+    assert record["ended"] and (record["ran"], record["failed"], record["rescored"]) == (5, 3, 0)
+    assert 0.3 <= record["elapsed_s"] <= summary["elapsed_s"]
+    runner.run([])  # nothing to run: no record
+    assert read_invocations(tmp_path / "out") == [record]
+    runner.run(cells[:1])  # the fake wrote no result, so this runs again: a second record, the first kept
+    first, second = read_invocations(tmp_path / "out")
+    assert first == record and second["ended"] and second["ran"] == 1
     # time left: each remaining cell at the mean wall time of its kind, spread over the jobs' lanes
     a_cells = [c for c in cells if c.method.name == "a"]
     walls = {a_cells[0].name: {"wall_s": 10.0}, a_cells[1].name: {"seg_wall_s": 2.0}}
@@ -350,6 +363,16 @@ def test_markdown_paper_layout():
     assert f"{100 * iou:.2f}" in row
     assert "python -m mdm_med.benchmark x" in text and "Data: `/d`" in text
     assert not math.isnan(aggregate(rows)[0]["dice_std"])
+    assert "invocation(s)" not in text
+    runs = [{"started_at": "2026-01-02 10:00:00", "elapsed_s": 3600, "ended": False},
+            {"started_at": "2026-01-02 12:00:00", "elapsed_s": 1830, "ended": True}]
+    resumed = markdown_report(rows, {"invocations": runs})
+    line = next(line for line in resumed.splitlines() if "invocation(s)" in line)
+    assert "of the 2 invocation(s)" in line and "1h 30m 30s" in line and "1 stopped before their end" in line
+    assert "not the whole benchmark" not in line
+    rows[0]["finished_at"] = "2026-01-01 23:00:00"  # a result older than the log: the sum is not the whole run
+    line = next(line for line in markdown_report(rows, {"invocations": runs}).splitlines() if "invocation(s)" in line)
+    assert "not the whole benchmark: 1 of the results" in line
 
 
 def test_combine_results_of_separate_runs(tmp_path, capsys):
@@ -438,7 +461,7 @@ def test_end_to_end_and_restart(tmp_path, capsys):
     for label in ("| MDM (SSIM) | head |", "| MDM (SSIM) | finetune |", "| U-Net from scratch | finetune |"):
         assert label in md
     assert "python -m mdm_med.benchmark --config" in md and str(data) in md
-    assert "Cells run at once by this invocation: 2" in md
+    assert "Cells run at once by this invocation: 2" in md and "Wall clock of the 1 invocation(s)" in md
     assert "object F1 / Dice and val Dice in %" in md and "numeric order (the paper's rule)" in md
     assert (out / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # pretraining happened once, into the benchmark's folder; nothing went into the bundle's runs/ or models/
@@ -475,6 +498,7 @@ def test_end_to_end_and_restart(tmp_path, capsys):
     assert main([*argv, *clean]) == 0
     log = capsys.readouterr().out
     assert "ran 0, re-scored 3, skipped 1 finished" in log and "starting" not in log
+    assert [r["rescored"] for r in read_invocations(out)] == [0, 3]  # the restart that ran nothing left no record
     for p in results:
         old, new = before[p.name], json.loads(p.read_text())
         assert new["seg_wall_s"] == old["seg_wall_s"] and new["val_dice"] == old["val_dice"]

@@ -222,6 +222,17 @@ def markdown_report(rows: Sequence[dict], info: dict | None = None) -> str:
     lines.append(f"- Total wall time of the cells reported: {_fmt_s(seg_total + pre_total)} "
                  f"(pretraining {_fmt_s(pre_total)}, segmentation {_fmt_s(seg_total)})"
                  + (f"; this invocation: {_fmt_s(info['elapsed_s'])}" if info.get("elapsed_s") is not None else ""))
+    if info.get("invocations"):
+        inv = info["invocations"]
+        killed = sum(not r.get("ended") for r in inv)
+        first = min(str(r.get("started_at", "")) for r in inv)
+        older = sum(str(r.get("finished_at", first)) < first for r in [*rows, *pre.values()])
+        lines.append(f"- Wall clock of the {len(inv)} invocation(s) that ran cells into this output (any methods / "
+                     f"fractions; `invocations.json`): {_fmt_s(sum(_num(r.get('elapsed_s')) or 0.0 for r in inv))}"
+                     + (f"; {killed} stopped before their end, each counted up to its last heartbeat" if killed
+                        else "")
+                     + (f"; not the whole benchmark: {older} of the results reported were made before the first "
+                        f"recorded invocation ({first})" if older else ""))
     if info.get("jobs"):
         threads = info.get("cell_threads")
         lines.append(f"- Cells run at once by this invocation: {info['jobs']}, each with "

@@ -34,6 +34,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -47,6 +48,7 @@ from mdm_med.bundle import resolved_config
 from mdm_med.data.datalist import DEFAULT_FRACTIONS, write_json_atomic
 
 __all__ = ["Cell", "Profile", "load_profile", "plan_cells", "cell_run_list", "resolved_config", "run_benchmark",
+           "InvocationLog", "read_invocations",
            "default_bundle_dir", "profile_bundle_dir", "check_data_dir",
            "PROTOCOLS", "BUDGET_KEYS", "OBJECT_METRICS"]
 
@@ -408,6 +410,62 @@ class CellFailed(RuntimeError):
     pass
 
 
+INVOCATIONS_FILE = "invocations.json"
+
+
+class InvocationLog:
+    """Wall clock of every invocation that runs cells into one output directory, so that a benchmark that was
+    interrupted and resumed reports its total time. ``<out>/invocations.json`` is a list with one record per
+    invocation (``started_at``, ``elapsed_s``, ``ended``, ``jobs``, ``cell_threads``, ``ran``, ``rescored``,
+    ``failed``),
+    rewritten atomically every ``heartbeat_s`` seconds and when a cell finishes; a killed invocation keeps the
+    ``elapsed_s`` of its last rewrite (at most ``heartbeat_s`` short) and ``ended: false``."""
+
+    heartbeat_s = 30.0
+
+    def __init__(self, out: Path, jobs: int, cell_threads: int | None):
+        self.path = Path(out) / INVOCATIONS_FILE
+        self.start = time.time()
+        self.record = {"started_at": time.strftime("%Y-%m-%d %H:%M:%S"), "elapsed_s": 0.0, "ended": False,
+                       "jobs": jobs, "cell_threads": cell_threads, "ran": 0, "rescored": 0, "failed": 0}
+        self.previous = read_invocations(out)
+        self._lock, self._stop = threading.Lock(), threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+
+    def __enter__(self) -> InvocationLog:
+        self.write()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.write(ended=True)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.heartbeat_s):
+            self.write()
+
+    def write(self, ended: bool = False, **counts: int) -> None:
+        """Rewrite the file with this invocation's elapsed time and ``counts`` (``ran``, ``rescored``, ``failed``)."""
+        with self._lock:
+            self.record.update(counts, elapsed_s=time.time() - self.start, ended=ended)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(self.previous + [self.record], self.path)
+
+
+def read_invocations(out: str | os.PathLike) -> list[dict]:
+    """The records of ``<out>/invocations.json`` (see ``InvocationLog``); [] when no invocation ran cells there."""
+    path = Path(out) / INVOCATIONS_FILE
+    if not path.is_file():
+        return []
+    with open(path) as f:
+        records = json.load(f)
+    if not isinstance(records, list):
+        raise ValueError(f"{path}: expected a list of invocation records, got {type(records).__name__}")
+    return records
+
+
 def _fmt_s(seconds: float | None) -> str:
     if seconds is None:
         return "?"
@@ -686,6 +744,20 @@ class BenchmarkRunner:
         self.log(f"[benchmark] {len(cells)} cells ({sum(c.kind == 'pretrain' for c in cells)} pretraining), "
                  f"{len(done)} already finished ({len(stale)} to re-score: test-only settings changed), "
                  f"{len(todo)} to run; output {self.out}")
+        ran, rescored, failed = [], [], {}
+        if todo or stale:
+            with InvocationLog(self.out, self.jobs, self.cell_threads) as invocation:
+                ran, rescored, failed = self._execute(cells, todo, stale, done, invocation)
+        return {"results": [done[c.name] for c in cells if c.kind == "segment" and c.name in done],
+                "pretrain": {c.method.name: done[c.name] for c in cells if c.kind == "pretrain" and c.name in done},
+                "ran": ran, "rescored": rescored,
+                "skipped": [c.name for c in cells if c.name in done and c.name not in ran + rescored],
+                "failed": failed, "elapsed_s": time.time() - start}
+
+    def _execute(self, cells: Sequence[Cell], todo: list[Cell], stale: list[Cell], done: dict,
+                 invocation: InvocationLog) -> tuple[list[str], list[str], dict[str, str]]:
+        """Re-score ``stale`` and run ``todo`` (``jobs`` at a time), adding results to ``done``; returns the names
+        ran, the names re-scored and ``{failed cell: reason}``."""
         ran, rescored, failed, broken = [], [], {}, set()
         for i, cell in enumerate(stale):
             self.log(f"[benchmark] re-scoring {i + 1}/{len(stale)} {cell.name} from its saved model")
@@ -697,6 +769,7 @@ class BenchmarkRunner:
                 del done[cell.name]
                 continue
             rescored.append(cell.name)
+            invocation.write(ran=len(ran), rescored=len(rescored), failed=len(failed))
             self.log(f"[benchmark] {cell.name} re-scored in {_fmt_s(done[cell.name]['eval_wall_s'])}, "
                      f"test Dice {done[cell.name]['dice']:.4f}")
         pending, running = list(todo), {}
@@ -731,11 +804,9 @@ class BenchmarkRunner:
                     wall = result.get("wall_s", result.get("seg_wall_s"))
                     extra = f", test Dice {result['dice']:.4f}" if result.get("dice") is not None else ""
                     self.log(f"[benchmark] {cell.name} done in {_fmt_s(wall)}{extra}")
-        return {"results": [done[c.name] for c in cells if c.kind == "segment" and c.name in done],
-                "pretrain": {c.method.name: done[c.name] for c in cells if c.kind == "pretrain" and c.name in done},
-                "ran": ran, "rescored": rescored,
-                "skipped": [c.name for c in cells if c.name in done and c.name not in ran + rescored],
-                "failed": failed, "elapsed_s": time.time() - start}
+                invocation.write(ran=len(ran), rescored=len(rescored), failed=len(failed))
+        invocation.write(ran=len(ran), rescored=len(rescored), failed=len(failed))  # cells failed unstarted
+        return ran, rescored, failed
 
     def _run_cell(self, cell: Cell, done: dict) -> dict:
         if cell.kind == "pretrain":
@@ -827,6 +898,7 @@ def run_benchmark(config: str | os.PathLike | dict, data_dir: str | os.PathLike,
         "missing": missing, "methods": {m.name: m.label for m in profile.methods.values()},
         "object_metrics": list(profile.object_metrics), "dataset": runner.bundle_config.get("dataset_name", ""),
         "jobs": runner.jobs if summary["ran"] else None, "cell_threads": runner.cell_threads,  # this invocation's
+        "invocations": read_invocations(runner.out),
     }
     summary["report"] = write_report(summary["results"], runner.out, info)
     summary["cells"] = [c.name for c in cells]
