@@ -304,6 +304,10 @@ def test_parallel_jobs_wait_for_their_pretraining(tmp_path, monkeypatch):
     runner.run(cells[:1])  # the fake wrote no result, so this runs again: a second record, the first kept
     first, second = read_invocations(tmp_path / "out")
     assert first == record and second["ended"] and second["ran"] == 1
+    monkeypatch.setattr(runner, "_run_cell", lambda cell, done: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        runner.run(cells[:1])
+    assert not read_invocations(tmp_path / "out")[-1]["ended"]  # interrupted: not an invocation that ended
     # time left: each remaining cell at the mean wall time of its kind, spread over the jobs' lanes
     a_cells = [c for c in cells if c.method.name == "a"]
     walls = {a_cells[0].name: {"wall_s": 10.0}, a_cells[1].name: {"seg_wall_s": 2.0}}

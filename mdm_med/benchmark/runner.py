@@ -418,8 +418,9 @@ class InvocationLog:
     interrupted and resumed reports its total time. ``<out>/invocations.json`` is a list with one record per
     invocation (``started_at``, ``elapsed_s``, ``ended``, ``jobs``, ``cell_threads``, ``ran``, ``rescored``,
     ``failed``),
-    rewritten atomically every ``heartbeat_s`` seconds and when a cell finishes; a killed invocation keeps the
-    ``elapsed_s`` of its last rewrite (at most ``heartbeat_s`` short) and ``ended: false``."""
+    rewritten atomically every ``heartbeat_s`` seconds and when a cell finishes; ``ended`` is true only for an
+    invocation that got through its cells (failed ones included). A killed invocation keeps the ``elapsed_s`` of
+    its last rewrite (at most ``heartbeat_s`` short)."""
 
     heartbeat_s = 30.0
 
@@ -437,10 +438,10 @@ class InvocationLog:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
         self._stop.set()
         self._thread.join()
-        self.write(ended=True)
+        self.write(ended=exc_type is None)  # an interrupted (Ctrl-C) or crashed invocation did not end
 
     def _beat(self) -> None:
         while not self._stop.wait(self.heartbeat_s):
