@@ -416,24 +416,28 @@ INVOCATIONS_FILE = "invocations.json"
 class InvocationLog:
     """Wall clock of every invocation that runs cells into one output directory, so that a benchmark that was
     interrupted and resumed reports its total time. ``<out>/invocations.json`` is a list with one record per
-    invocation (``started_at``, ``elapsed_s``, ``ended``, ``jobs``, ``cell_threads``, ``ran``, ``rescored``,
-    ``failed``),
-    rewritten atomically every ``heartbeat_s`` seconds and when a cell finishes; ``ended`` is true only for an
-    invocation that got through its cells (failed ones included). A killed invocation keeps the ``elapsed_s`` of
-    its last rewrite (at most ``heartbeat_s`` short)."""
+    invocation (``started_at``, ``elapsed_s``, ``ended``, ``jobs``, ``cell_threads`` and the counts of ``ran``,
+    ``rescored`` and ``failed``: the lengths of this object's lists, which the runner fills), rewritten atomically
+    every ``heartbeat_s`` seconds, on ``write()`` and on exit. ``ended`` is true only for an invocation that got
+    through its cells (failed ones included); a killed one keeps the ``elapsed_s`` of its last rewrite (at most
+    ``heartbeat_s`` short)."""
 
     heartbeat_s = 30.0
 
     def __init__(self, out: Path, jobs: int, cell_threads: int | None):
         self.path = Path(out) / INVOCATIONS_FILE
+        self.ran: list[str] = []
+        self.rescored: list[str] = []
+        self.failed: dict[str, str] = {}
         self.start = time.time()
         self.record = {"started_at": time.strftime("%Y-%m-%d %H:%M:%S"), "elapsed_s": 0.0, "ended": False,
-                       "jobs": jobs, "cell_threads": cell_threads, "ran": 0, "rescored": 0, "failed": 0}
+                       "jobs": jobs, "cell_threads": cell_threads}
         self.previous = read_invocations(out)
         self._lock, self._stop = threading.Lock(), threading.Event()
         self._thread = threading.Thread(target=self._beat, daemon=True)
 
     def __enter__(self) -> InvocationLog:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.write()
         self._thread.start()
         return self
@@ -447,11 +451,11 @@ class InvocationLog:
         while not self._stop.wait(self.heartbeat_s):
             self.write()
 
-    def write(self, ended: bool = False, **counts: int) -> None:
-        """Rewrite the file with this invocation's elapsed time and ``counts`` (``ran``, ``rescored``, ``failed``)."""
+    def write(self, ended: bool = False) -> None:
+        """Rewrite the file with this invocation's elapsed time and counts."""
         with self._lock:
-            self.record.update(counts, elapsed_s=time.time() - self.start, ended=ended)
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.record.update(elapsed_s=time.time() - self.start, ended=ended, ran=len(self.ran),
+                               rescored=len(self.rescored), failed=len(self.failed))
             write_json_atomic(self.previous + [self.record], self.path)
 
 
@@ -748,7 +752,8 @@ class BenchmarkRunner:
         ran, rescored, failed = [], [], {}
         if todo or stale:
             with InvocationLog(self.out, self.jobs, self.cell_threads) as invocation:
-                ran, rescored, failed = self._execute(cells, todo, stale, done, invocation)
+                self._execute(cells, todo, stale, done, invocation)
+            ran, rescored, failed = invocation.ran, invocation.rescored, invocation.failed
         return {"results": [done[c.name] for c in cells if c.kind == "segment" and c.name in done],
                 "pretrain": {c.method.name: done[c.name] for c in cells if c.kind == "pretrain" and c.name in done},
                 "ran": ran, "rescored": rescored,
@@ -756,10 +761,10 @@ class BenchmarkRunner:
                 "failed": failed, "elapsed_s": time.time() - start}
 
     def _execute(self, cells: Sequence[Cell], todo: list[Cell], stale: list[Cell], done: dict,
-                 invocation: InvocationLog) -> tuple[list[str], list[str], dict[str, str]]:
-        """Re-score ``stale`` and run ``todo`` (``jobs`` at a time), adding results to ``done``; returns the names
-        ran, the names re-scored and ``{failed cell: reason}``."""
-        ran, rescored, failed, broken = [], [], {}, set()
+                 invocation: InvocationLog) -> None:
+        """Re-score ``stale`` and run ``todo`` (``jobs`` at a time), adding results to ``done`` and the names ran,
+        re-scored and ``{failed cell: reason}`` to ``invocation.ran`` / ``.rescored`` / ``.failed``."""
+        ran, rescored, failed, broken = invocation.ran, invocation.rescored, invocation.failed, set()
         for i, cell in enumerate(stale):
             self.log(f"[benchmark] re-scoring {i + 1}/{len(stale)} {cell.name} from its saved model")
             try:
@@ -770,7 +775,7 @@ class BenchmarkRunner:
                 del done[cell.name]
                 continue
             rescored.append(cell.name)
-            invocation.write(ran=len(ran), rescored=len(rescored), failed=len(failed))
+            invocation.write()
             self.log(f"[benchmark] {cell.name} re-scored in {_fmt_s(done[cell.name]['eval_wall_s'])}, "
                      f"test Dice {done[cell.name]['dice']:.4f}")
         pending, running = list(todo), {}
@@ -805,9 +810,7 @@ class BenchmarkRunner:
                     wall = result.get("wall_s", result.get("seg_wall_s"))
                     extra = f", test Dice {result['dice']:.4f}" if result.get("dice") is not None else ""
                     self.log(f"[benchmark] {cell.name} done in {_fmt_s(wall)}{extra}")
-                invocation.write(ran=len(ran), rescored=len(rescored), failed=len(failed))
-        invocation.write(ran=len(ran), rescored=len(rescored), failed=len(failed))  # cells failed unstarted
-        return ran, rescored, failed
+                invocation.write()
 
     def _run_cell(self, cell: Cell, done: dict) -> dict:
         if cell.kind == "pretrain":
