@@ -29,8 +29,8 @@ Rasterisation rules
       XML order of the surviving regions.  The binary mask is ``instance > 0``.
 
 Label fractions: the training names in natural order (``img2`` before ``img10``); fraction ``f`` takes the
-first ``N = max(1, round_half_up(f * n))`` names, so subsets are nested and deterministic (MoNuSeg:
-30 images -> 0.05: 2, 0.1: 3, 0.25: 8, 0.5: 15, 1: 30).  Keys are ``f"{f:g}"`` ("0.05", ..., "1").
+first ``N = max(1, int(f * n))`` names, so subsets are nested and deterministic (MoNuSeg:
+30 images -> 0.05: 1, 0.1: 3, 0.25: 7, 0.5: 15, 1: 30).  Keys are ``f"{f:g}"`` ("0.05", ..., "1").
 
 Each output file is written to a temporary name and moved into place with ``os.replace``; datalist.json is
 removed at the start and written last, so its presence marks a complete conversion.
