@@ -323,6 +323,43 @@ def test_parallel_jobs_wait_for_their_pretraining(tmp_path, monkeypatch):
         BenchmarkRunner(profile, data, tmp_path / "out", jobs=0)
 
 
+def test_interrupted_pretraining_keeps_its_wall_time(tmp_path, monkeypatch):
+    """A pretraining's wall time adds up over interrupted attempts: the running total is on disk while the bundle
+    runs (a killed runner keeps it), and the next attempt, which resumes the checkpoint, adds its own time."""
+    import sys
+    import threading
+    import time
+
+    from mdm_med.benchmark.runner import CellFailed
+    from mdm_med.data.synthetic import generate_glas_demo
+
+    profile = load_profile({"name": "t", "fractions": [0.1], "seeds": [0], "methods": {"a": {"protocols": ["head"]}}})
+    data = generate_glas_demo(tmp_path / "glas", num_train=4, num_test=1, size=(32, 32))
+    runner = BenchmarkRunner(profile, data, tmp_path / "out")
+    pretrain = plan_cells(profile)[0]
+    attempts = runner.work_dir(pretrain) / "attempts.json"
+    monkeypatch.setattr(InvocationLog, "heartbeat_s", 0.05)
+    monkeypatch.setattr(runner, "command", lambda cell, ov: [sys.executable, "-c", "import time; time.sleep(1.0)"])
+    walls = []
+    thread = threading.Thread(target=lambda: walls.append(runner._launch(pretrain)))
+    thread.start()
+    time.sleep(0.6)
+    running = json.loads(attempts.read_text())["wall_s"]
+    thread.join()
+    assert 0.3 <= running < 1.0  # written by the heartbeat while the bundle ran
+    assert json.loads(attempts.read_text())["wall_s"] == pytest.approx(walls[0]) and walls[0] >= 1.0
+    monkeypatch.setattr(runner, "command", lambda cell, ov: [sys.executable, "-c", "raise SystemExit(3)"])
+    with pytest.raises(CellFailed, match="exit 3"):
+        runner._launch(pretrain)  # a failed attempt counts too
+    failed_total = json.loads(attempts.read_text())["wall_s"]
+    assert failed_total > walls[0]
+    monkeypatch.setattr(runner, "command", lambda cell, ov: [sys.executable, "-c", "pass"])
+    assert runner._launch(pretrain) > failed_total  # the attempt that finishes reports the total
+    monkeypatch.setattr(runner, "overrides", lambda cell: {"pretrain_iterations": 5})
+    with pytest.raises(ValueError, match="other settings"):
+        runner._launch(pretrain)  # an unfinished run with other settings is not resumed
+
+
 def _row(method, protocol, fraction, seed, dice, val=None, variant="", **kw):
     return {"method": method, "method_label": method.upper(), "protocol": protocol, "variant": variant,
             "label_fraction": fraction, "seed": seed, "dice": dice, "paper_iou": dice / (2 - dice),

@@ -635,7 +635,10 @@ class BenchmarkRunner:
 
     def _subprocess(self, cell: Cell, ov: dict, prefix: str, track_attempts: bool) -> float:
         """Run the bundle for ``cell`` with ``ov`` (written to ``<prefix>overrides.json``, the command to
-        ``<prefix>command.sh``, output appended to log.txt); returns the wall time."""
+        ``<prefix>command.sh``, output appended to log.txt); returns the wall time. With ``track_attempts`` the
+        time also counts the cell's earlier, interrupted attempts (a pretraining resumes from its checkpoint): the
+        running total is rewritten to ``attempts.json`` every ``InvocationLog.heartbeat_s`` seconds, so it survives
+        a killed runner (at most one heartbeat short)."""
         work = self.work_dir(cell)
         ov_file = work / f"{prefix}overrides.json"
         write_json_atomic(ov, ov_file)
@@ -654,14 +657,29 @@ class BenchmarkRunner:
             raise ValueError(f"{work} holds an unfinished run made with other settings (its checkpoint would be "
                              "resumed); delete that folder or use a new --out")
         start = time.time()
+
+        def record_attempts() -> None:
+            if track_attempts:
+                write_json_atomic({"wall_s": previous["wall_s"] + time.time() - start, "fingerprint": fp}, attempts)
+
         try:
-            with open(log_path, "a") as log:
-                proc = subprocess.run(cmd, cwd=self.repo_root, env=env, stdout=None if self.verbose else log,
-                                      stderr=subprocess.STDOUT if not self.verbose else None)
+            with open(log_path, "a") as log, subprocess.Popen(
+                    cmd, cwd=self.repo_root, env=env, stdout=None if self.verbose else log,
+                    stderr=subprocess.STDOUT if not self.verbose else None) as proc:
+                try:
+                    while True:
+                        try:
+                            proc.wait(timeout=InvocationLog.heartbeat_s)
+                            break
+                        except subprocess.TimeoutExpired:
+                            record_attempts()
+                except BaseException:  # Ctrl-C or a crash of the runner: the cell does not outlive it
+                    proc.kill()
+                    proc.wait()
+                    raise
         finally:
             wall = time.time() - start
-            if track_attempts:
-                write_json_atomic({"wall_s": previous["wall_s"] + wall, "fingerprint": fp}, attempts)
+            record_attempts()
         if proc.returncode != 0:
             tail = "".join(log_path.read_text(errors="replace").splitlines(keepends=True)[-25:])
             raise CellFailed(f"{cell.name} failed (exit {proc.returncode}); log {log_path}:\n{tail}")
