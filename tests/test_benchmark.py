@@ -524,6 +524,8 @@ def test_end_to_end_and_restart(tmp_path, capsys):
     assert main(argv) == 0
     log = capsys.readouterr().out
     assert "ran 0, re-scored 0, skipped 4 finished" in log and "starting" not in log
+    md = (out / "results.md").read_text()  # an invocation that ran nothing reports no time of its own
+    assert "this invocation:" not in md and "Wall clock of the 1 invocation(s)" in md
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert {p: p.stat().st_size for p in logs} == logs
     with open(out / "results.csv") as f:

@@ -906,7 +906,7 @@ def run_benchmark(config: str | os.PathLike | dict, data_dir: str | os.PathLike,
         done = {c.name: r for c in cells if (r := runner.finished(c)) is not None}
         summary = {"results": [done[c.name] for c in cells if c.kind == "segment" and c.name in done],
                    "pretrain": {c.method.name: done[c.name] for c in cells if c.kind == "pretrain" and c.name in done},
-                   "ran": [], "rescored": [], "skipped": list(done), "failed": {}, "elapsed_s": 0.0}
+                   "ran": [], "rescored": [], "skipped": list(done), "failed": {}, "elapsed_s": None}
     else:
         summary = runner.run(cells)
     summary["results"] = sort_rows(summary["results"], list(profile.methods))
@@ -916,7 +916,8 @@ def run_benchmark(config: str | os.PathLike | dict, data_dir: str | os.PathLike,
         "profile": profile.name, "profile_file": profile.source, "command": command or "(python API)",
         "data_dir": str(runner.data_dir), "out": str(runner.out), "bundle": str(runner.bundle_dir),
         "machine": machine_info(), "bundle_overrides": profile.bundle_overrides,
-        "elapsed_s": summary["elapsed_s"], "pretrain": summary["pretrain"], "failed": summary["failed"],
+        "elapsed_s": summary["elapsed_s"] if summary["ran"] or summary["rescored"] or summary["failed"] else None,
+        "pretrain": summary["pretrain"], "failed": summary["failed"],
         "missing": missing, "methods": {m.name: m.label for m in profile.methods.values()},
         "object_metrics": list(profile.object_metrics), "dataset": runner.bundle_config.get("dataset_name", ""),
         "jobs": runner.jobs if summary["ran"] else None, "cell_threads": runner.cell_threads,  # this invocation's
