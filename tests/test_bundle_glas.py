@@ -57,6 +57,15 @@ def test_train_evaluate_infer(tmp_path, tiny_glas, mode):
     assert set(np.unique(np.asarray(mask)).tolist()) <= {0, 1}
 
 
+def _messages(e: BaseException | None) -> list[str]:
+    """The messages of ``e`` and of its causes (the bundle's config parser wraps errors)."""
+    chain = []
+    while e is not None:
+        chain.append(str(e))
+        e = e.__cause__
+    return chain
+
+
 def test_pretraining_is_skipped_and_resumes(tmp_path, tiny_glas):
     root = str(tmp_path / "bundle")
     wf = workflow(["train.json", "pretrain.json"], bundle_root=root, dataset_dir=tiny_glas, **TINY)
@@ -74,8 +83,16 @@ def test_pretraining_is_skipped_and_resumes(tmp_path, tiny_glas):
     other.initialize()
     with pytest.raises(Exception) as err:
         other.run()
-    chain, e = [], err.value
-    while e is not None:
-        chain.append(str(e))
-        e = e.__cause__
-    assert any("does not match" in m and "pretrain_loss" in m for m in chain)
+    assert any("does not match" in m and "pretrain_loss" in m for m in _messages(err.value))
+    # ... or with another budget, so a short trial pretraining is never mistaken for the real one
+    longer = workflow(["train.json", "pretrain.json"], bundle_root=root, dataset_dir=tiny_glas,
+                      **{**TINY, "pretrain_iterations": 8})
+    longer.initialize()
+    with pytest.raises(Exception) as err:
+        longer.run()
+    assert any("does not match" in m and "pretrain_iterations" in m for m in _messages(err.value))
+    # the seed is not a pretraining setting: segmentation seeds share one pretraining
+    seeded = workflow(["train.json", "pretrain.json"], bundle_root=root, dataset_dir=tiny_glas, seed=1, **TINY)
+    seeded.initialize()
+    seeded.run()
+    assert os.path.getmtime(path) == first
