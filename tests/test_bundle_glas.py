@@ -36,6 +36,8 @@ def test_train_evaluate_infer(tmp_path, tiny_glas, mode):
     assert not set(record["settings"]["test_images"]) & set(record["settings"]["labelled_images"])
     pretrained = os.path.join(root, "runs", "glas", "pretrained.pt")
     assert os.path.isfile(pretrained) and os.path.isfile(os.path.join(root, "models", "model.pt"))
+    made_by = json.load(open(os.path.join(root, "runs", "glas", "pretrain_config.json")))  # beside the weights
+    assert made_by["settings"]["pretrain_iterations"] == TINY["pretrain_iterations"]
 
     ev = workflow(["train.json", "evaluate.json"], bundle_root=root, dataset_dir=tiny_glas, **TINY)
     ev.initialize()
@@ -72,11 +74,13 @@ def test_pretraining_is_skipped_and_resumes(tmp_path, tiny_glas):
     wf.initialize()
     wf.run()
     path = os.path.join(root, "runs", "glas", "pretrained.pt")
-    first = os.path.getmtime(path)
+    record = os.path.join(root, "runs", "glas", "pretrain_config.json")
+    first, recorded = os.path.getmtime(path), os.path.getmtime(record)
     wf2 = workflow(["train.json", "pretrain.json"], bundle_root=root, dataset_dir=tiny_glas, **TINY)
     wf2.initialize()
     wf2.run()
     assert os.path.getmtime(path) == first  # finished pretraining is reused, not redone
+    assert os.path.getmtime(record) == recorded  # and its record stays that of the run that made it
     # a checkpoint from other data is refused instead of silently reused
     other = workflow(["train.json", "pretrain.json"], bundle_root=root, dataset_dir=tiny_glas,
                      pretrain_loss="mse", **TINY)
