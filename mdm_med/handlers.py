@@ -46,12 +46,16 @@ class LoadPretrained:
 class CheckpointResume:
     """Save ``save_dict`` (network, optimizer, EMA ...) plus the engine's own state (key ``trainer``) to one file
     every ``interval`` iterations and at the end, atomically; on start, resume from that file when it exists.
+    ``meta`` (settings that made the saved state) is stored with it, and a file saved with other ``meta`` is refused
+    instead of resumed. The current config decides how long to train, so a resumed run may train longer.
     """
 
-    def __init__(self, save_dir: str, save_dict: Mapping, interval: int = 200, filename: str = "checkpoint.pt"):
+    def __init__(self, save_dir: str, save_dict: Mapping, interval: int = 200, filename: str = "checkpoint.pt",
+                 meta: Mapping | None = None):
         self.path = os.path.join(save_dir, filename)
         self.save_dict = dict(save_dict)
         self.interval = int(interval)
+        self.meta = None if meta is None else dict(meta)
 
     def attach(self, engine: Engine) -> None:
         self.save_dict["trainer"] = engine
@@ -64,12 +68,19 @@ class CheckpointResume:
             return
         max_epochs = engine.state.max_epochs
         ckpt = torch.load(self.path, map_location="cpu", weights_only=False)
-        Checkpoint.load_objects(to_load=self.save_dict, checkpoint=ckpt)
+        if self.meta is not None:
+            saved = ckpt.get("meta") or {}
+            diff = {k: (saved.get(k), v) for k, v in self.meta.items() if saved.get(k) != v}
+            if diff:
+                raise ValueError(f"{self.path} was saved by a run with other settings (checkpoint vs this run: {diff}); "
+                                 "delete it to start over, or run with its settings to resume it")
+        Checkpoint.load_objects(to_load=self.save_dict, checkpoint={k: v for k, v in ckpt.items() if k != "meta"})
         engine.state.max_epochs = max_epochs  # the current config decides how long to train
         logger.info("resumed from %s at epoch %d, iteration %d", self.path, engine.state.epoch, engine.state.iteration)
 
     def save(self, engine: Engine) -> None:
-        save_atomic({k: v.state_dict() for k, v in self.save_dict.items()}, self.path)
+        state = {k: v.state_dict() for k, v in self.save_dict.items()}
+        save_atomic(state if self.meta is None else {**state, "meta": self.meta}, self.path)
 
 
 class ExportWeights:

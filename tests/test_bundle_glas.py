@@ -68,7 +68,7 @@ def _messages(e: BaseException | None) -> list[str]:
     return chain
 
 
-def test_pretraining_is_skipped_and_resumes(tmp_path, tiny_glas):
+def test_finished_pretraining_is_reused_only_with_its_settings(tmp_path, tiny_glas):
     root = str(tmp_path / "bundle")
     wf = workflow(["train.json", "pretrain.json"], bundle_root=root, dataset_dir=tiny_glas, **TINY)
     wf.initialize()
@@ -100,3 +100,28 @@ def test_pretraining_is_skipped_and_resumes(tmp_path, tiny_glas):
     seeded.initialize()
     seeded.run()
     assert os.path.getmtime(path) == first
+
+
+def test_pretraining_resumes_its_checkpoint_only_with_its_settings(tmp_path, tiny_glas, caplog):
+    import torch
+
+    root = str(tmp_path / "bundle")
+    first = workflow(["train.json", "pretrain.json"], bundle_root=root, dataset_dir=tiny_glas, **TINY)
+    first.initialize()
+    first.run()
+    pretrained = os.path.join(root, "runs", "glas", "pretrained.pt")
+    os.remove(pretrained)  # as if stopped right after its last checkpoint (iteration 4)
+    caplog.set_level("INFO", logger="mdm_med.handlers")
+    longer = workflow(["train.json", "pretrain.json"], bundle_root=root, dataset_dir=tiny_glas,
+                      **{**TINY, "pretrain_iterations": 8})
+    longer.initialize()
+    longer.run()  # the iteration count may grow: the run goes on from the checkpoint
+    assert "iteration 4" in caplog.text and "resumed from" in caplog.text
+    assert torch.load(pretrained, weights_only=False)["meta"]["iterations"] == 8
+    os.remove(pretrained)
+    other = workflow(["train.json", "pretrain.json"], bundle_root=root, dataset_dir=tiny_glas,
+                     **{**TINY, "pretrain_lr": 1e-2})
+    other.initialize()
+    with pytest.raises(Exception) as err:
+        other.run()  # another lr would mix two trainings in one set of weights
+    assert any("pretrain_checkpoint.pt" in m and "pretrain_lr" in m for m in _messages(err.value))
