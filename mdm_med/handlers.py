@@ -47,7 +47,8 @@ class CheckpointResume:
     """Save ``save_dict`` (network, optimizer, EMA ...) plus the engine's own state (key ``trainer``) to one file
     every ``interval`` iterations and at the end, atomically; on start, resume from that file when it exists.
     ``meta`` (settings that made the saved state) is stored with it, and a file saved with other ``meta`` is refused
-    instead of resumed. The current config decides how long to train, so a resumed run may train longer.
+    instead of resumed. The current config decides how long to train, so a resumed run may train longer, but not
+    shorter: a file saved past this run's last iteration, or with another epoch length, is refused too.
     """
 
     def __init__(self, save_dir: str, save_dict: Mapping, interval: int = 200, filename: str = "checkpoint.pt",
@@ -72,8 +73,14 @@ class CheckpointResume:
             saved = ckpt.get("meta") or {}
             diff = {k: (saved.get(k), v) for k, v in self.meta.items() if saved.get(k) != v}
             if diff:
-                raise ValueError(f"{self.path} was saved by a run with other settings (checkpoint vs this run: {diff}); "
-                                 "delete it to start over, or run with its settings to resume it")
+                raise ValueError(f"{self.path} was saved by a run with other settings (checkpoint vs this run: "
+                                 f"{diff}); delete it to start over, or run with its settings to resume it")
+        saved = ckpt.get("trainer", {})
+        length, last = engine.state.epoch_length, max_epochs * engine.state.epoch_length
+        if saved.get("epoch_length", length) != length or saved.get("iteration", 0) > last:
+            raise ValueError(f"{self.path} was saved at iteration {saved.get('iteration')} with epoch length "
+                             f"{saved.get('epoch_length')}; this run trains {last} iterations with epoch length "
+                             f"{length}, so it cannot resume it: delete it to start over")
         Checkpoint.load_objects(to_load=self.save_dict, checkpoint={k: v for k, v in ckpt.items() if k != "meta"})
         engine.state.max_epochs = max_epochs  # the current config decides how long to train
         logger.info("resumed from %s at epoch %d, iteration %d", self.path, engine.state.epoch, engine.state.iteration)

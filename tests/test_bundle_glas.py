@@ -119,6 +119,13 @@ def test_pretraining_resumes_its_checkpoint_only_with_its_settings(tmp_path, tin
     assert "iteration 4" in caplog.text and "resumed from" in caplog.text
     assert torch.load(pretrained, weights_only=False)["meta"]["iterations"] == 8
     os.remove(pretrained)
+    for change in ({"pretrain_iterations": 6}, {"epoch_length": 4}):  # shorter than the saved state, other epochs
+        again = workflow(["train.json", "pretrain.json"], bundle_root=root, dataset_dir=tiny_glas,
+                         **{**TINY, "pretrain_iterations": 8, **change})
+        again.initialize()
+        with pytest.raises(Exception) as err:
+            again.run()
+        assert any("cannot resume" in m and "iteration 8" in m for m in _messages(err.value))
     other = workflow(["train.json", "pretrain.json"], bundle_root=root, dataset_dir=tiny_glas,
                      **{**TINY, "pretrain_lr": 1e-2})
     other.initialize()
