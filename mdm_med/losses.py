@@ -62,9 +62,11 @@ class SSIMLoss(nn.Module):
         self.win_size, self.sigma, self.data_range, self.k1, self.k2 = win_size, sigma, data_range, k1, k2
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """pred, target: (N, C, *spatial) -> scalar."""
-        s = ssim_map(pred.float(), target.float(), self.win_size, self.sigma, self.data_range, self.k1, self.k2)
-        return (torch.clamp(1.0 - s, 0.0, 1.0) / 2.0).mean()
+        """pred, target: (N, C, *spatial) -> scalar, in float32 even under AMP (MONAI's trainers compute the loss
+        inside autocast, where fp16 / bf16 local variances lose the precision that SSIM's C2 = 9e-4 needs)."""
+        with torch.autocast(pred.device.type, enabled=False):
+            s = ssim_map(pred.float(), target.float(), self.win_size, self.sigma, self.data_range, self.k1, self.k2)
+            return (torch.clamp(1.0 - s, 0.0, 1.0) / 2.0).mean()
 
 
 def build_reconstruction_loss(name: str = "ssim") -> nn.Module:

@@ -54,3 +54,17 @@ def test_ssim_loss_gradient_and_choice():
     assert isinstance(build_reconstruction_loss("mse"), torch.nn.MSELoss)
     with pytest.raises(ValueError):
         build_reconstruction_loss("l1")
+
+
+def test_ssim_loss_is_float32_under_autocast():
+    """MONAI's trainers call the loss inside autocast: SSIM must not drop to reduced precision there."""
+    torch.manual_seed(0)
+    target = torch.rand(2, 3, 32, 32) * 2 - 1
+    pred = (target + 0.05 * torch.randn_like(target)).requires_grad_()
+    loss = SSIMLoss()
+    exact = loss(pred, target)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_amp = loss(pred, target)
+    assert under_amp.dtype == torch.float32 and torch.equal(under_amp, exact)
+    under_amp.backward()
+    assert pred.grad is not None and torch.isfinite(pred.grad).all()
