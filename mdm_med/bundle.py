@@ -15,10 +15,11 @@ import contextlib
 import json
 import os
 import shutil
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from mdm_med.io import atomic_write
+from mdm_med.io import atomic_write, swap_into_place
 
 __all__ = ["REPO_ROOT", "resolved_config", "export_bundle", "main"]
 
@@ -40,26 +41,51 @@ def resolved_config(path: str | os.PathLike, repo_root: str | os.PathLike = REPO
 
 def export_bundle(bundle: str | os.PathLike, out: str | os.PathLike, repo_root: str | os.PathLike = REPO_ROOT,
                   parts: Sequence[str] = BUNDLE_PARTS) -> Path:
-    """Copy ``parts`` of ``bundle`` to ``out`` (replaced if it exists), writing every ``configs/*.json`` resolved
-    (links followed). Returns ``out``. ``configs/metadata.json`` must exist."""
+    """Copy ``parts`` of ``bundle`` to ``out``, writing every ``configs/*.json`` resolved (links followed). Returns
+    ``out``. ``configs/metadata.json`` must exist. The copy is built beside ``out`` and swapped in whole; an existing
+    ``out`` is replaced only when it is empty or an earlier export (nothing but bundle parts, no ``runs/``)."""
     src, dst = Path(bundle).resolve(), Path(out).resolve()
     if not (src / "configs" / "metadata.json").is_file():
         raise FileNotFoundError(f"{src} is not a bundle in the configs/ layout: configs/metadata.json is missing")
-    if dst.exists():
-        shutil.rmtree(dst)
-    dst.mkdir(parents=True)
-    for part in parts:
-        s = src / part
-        if s.is_dir():
-            shutil.copytree(s, dst / part, ignore=shutil.ignore_patterns("__pycache__", ".tmp_*"))
-        elif s.is_file():
-            shutil.copy2(s, dst / part)
-    for cfg in sorted((src / "configs").glob("*.json")):
-        text = json.dumps(resolved_config(cfg, repo_root), indent=4) + "\n"
-        target = dst / "configs" / cfg.name
-        target.unlink(missing_ok=True)  # a copied link would write through to the recipe
-        atomic_write(target, lambda tmp, t=text: Path(tmp).write_text(t))
+    _check_export_target(src, dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's folder is private
+        for part in parts:
+            s = src / part
+            if s.is_dir():
+                shutil.copytree(s, tmp / part, ignore=shutil.ignore_patterns("__pycache__", ".tmp_*"))
+            elif s.is_file():
+                shutil.copy2(s, tmp / part)
+        for cfg in sorted((src / "configs").glob("*.json")):
+            text = json.dumps(resolved_config(cfg, repo_root), indent=4) + "\n"
+            target = tmp / "configs" / cfg.name
+            target.unlink(missing_ok=True)  # a copied link would write through to the recipe
+            atomic_write(target, lambda t_path, t=text: Path(t_path).write_text(t))
+        swap_into_place(tmp, dst, lambda: False)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone already after a successful swap
     return dst
+
+
+def _check_export_target(src: Path, dst: Path) -> None:
+    """Raise unless ``dst`` is outside ``src`` (and does not contain it) and is missing, empty or an earlier export."""
+    if dst == src or dst in src.parents or src in dst.parents:
+        raise ValueError(f"cannot export {src} to {dst}: the output folder must be outside the bundle and must not "
+                         "contain it")
+    if not dst.exists():
+        return
+    if not dst.is_dir():
+        raise FileExistsError(f"{dst} exists and is not a folder; not replacing it")
+    entries = {p.name for p in dst.iterdir()}
+    foreign = sorted(entries - set(BUNDLE_PARTS))
+    if entries and (foreign or not (dst / "configs" / "metadata.json").is_file()):
+        what = f"holds {foreign[0]!r}" if foreign else "has no configs/metadata.json"
+        raise FileExistsError(f"{dst} is not empty and is not an earlier export (it {what}); not replacing it: "
+                              "export into a new or empty folder")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -67,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = p.add_subparsers(dest="command", required=True)
     e = sub.add_parser("export", help="write a self-contained copy of a bundle (macros resolved)")
     e.add_argument("--bundle", required=True, help="bundle folder, e.g. bundles/mdm_glas")
-    e.add_argument("--out", required=True, help="output folder (replaced)")
+    e.add_argument("--out", required=True, help="output folder (replaced only when empty or an earlier export)")
     args = p.parse_args(argv)
     out = export_bundle(args.bundle, args.out)
     print(f"standalone bundle written to {out}")

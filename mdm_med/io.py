@@ -9,7 +9,7 @@ import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-__all__ = ["atomic_write", "build_folder_atomically"]
+__all__ = ["atomic_write", "build_folder_atomically", "swap_into_place"]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> str:
@@ -110,13 +110,13 @@ def build_folder_atomically(
         fill(tmp)
         # The marker goes last: a folder without it is never taken as complete.
         (tmp / marker).write_text(json.dumps(params, indent=2) + "\n")
-        _swap_into_place(tmp, out_dir, lambda: _is_built(out_dir, params, expected_files, marker))
+        swap_into_place(tmp, out_dir, lambda: _is_built(out_dir, params, expected_files, marker))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # gone already after a successful swap
     return out_dir
 
 
-def _swap_into_place(tmp: Path, out_dir: Path, already_built: Callable[[], bool]) -> None:
+def swap_into_place(tmp: Path, out_dir: Path, already_built: Callable[[], bool]) -> None:
     """Rename ``tmp`` to ``out_dir``; an old ``out_dir`` is moved aside first (put back if the rename fails)."""
     aside = None
     if out_dir.exists():

@@ -184,3 +184,28 @@ def test_docs_readme_has_the_zoo_sections(bundle):
                     "License"):
         assert section in headings, f"{bundle}/docs/README.md has no '{section}' section"
     assert "python -m monai.bundle run --config_file bundles/" + bundle in text  # the training command is given
+
+
+def test_export_replaces_only_an_earlier_export(tmp_path):
+    """The export never deletes its source, a folder holding it, or a folder that is not an earlier export."""
+    from mdm_med.bundle import export_bundle
+
+    src = os.path.join(ROOT, "bundles", "mdm_glas")
+    for bad in (src, os.path.join(ROOT, "bundles")):
+        with pytest.raises(ValueError, match="outside the bundle"):
+            export_bundle(src, bad, parts=("configs",))
+    assert os.path.isfile(os.path.join(src, "configs", "metadata.json"))
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    with pytest.raises(FileExistsError, match="notes.txt"):
+        export_bundle(src, mine, parts=("configs",))
+    assert (mine / "notes.txt").read_text() == "keep"
+    out = export_bundle(src, tmp_path / "out", parts=("configs",))
+    (out / "configs" / "stale.json").write_text("{}")
+    assert export_bundle(src, out, parts=("configs",)) == out  # an earlier export is replaced whole
+    assert not (out / "configs" / "stale.json").exists() and (out / "configs" / "metadata.json").is_file()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary folders left
+    (out / "runs").mkdir()  # a bundle someone has trained in is not an export any more
+    with pytest.raises(FileExistsError, match="runs"):
+        export_bundle(src, out, parts=("configs",))
