@@ -132,3 +132,14 @@ def test_pretraining_resumes_its_checkpoint_only_with_its_settings(tmp_path, tin
     with pytest.raises(Exception) as err:
         other.run()  # another lr would mix two trainings in one set of weights
     assert any("pretrain_checkpoint.pt" in m and "pretrain_lr" in m for m in _messages(err.value))
+
+
+def test_no_validation_images_is_refused_before_pretraining(tmp_path, tiny_glas):
+    """Validation picks the checkpoint that is tested and published: without it the run stops at once."""
+    root = str(tmp_path / "bundle")
+    wf = workflow(["train.json"], bundle_root=root, dataset_dir=tiny_glas, **{**TINY, "num_val": 0})
+    wf.initialize()
+    with pytest.raises(Exception) as err:
+        wf.run()
+    assert any("no 'validation' items" in m and tiny_glas in m for m in _messages(err.value))
+    assert not os.path.exists(os.path.join(root, "runs", "glas", "pretrained.pt"))

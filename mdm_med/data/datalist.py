@@ -11,8 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["DEFAULT_FRACTIONS", "pretraining_items", "natural_key", "label_fraction_counts", "nested_label_subsets",
-           "write_json_atomic", "labelled_subset", "resolve_dataset_dir", "split_datalist", "inference_items"]
+__all__ = ["DEFAULT_FRACTIONS", "require_items", "pretraining_items", "natural_key", "label_fraction_counts",
+           "nested_label_subsets", "write_json_atomic", "labelled_subset", "resolve_dataset_dir", "split_datalist",
+           "inference_items"]
 
 DEFAULT_FRACTIONS = (0.05, 0.1, 0.25, 0.5, 1.0)
 
@@ -85,6 +86,17 @@ def write_json_atomic(obj, path: str | os.PathLike) -> None:
             json.dump(obj, f, indent=2)
 
     atomic_write(path, write)
+
+
+def require_items(datalist: dict, split: str) -> list[dict]:
+    """``datalist[split]``, refused when empty: training needs validation items (they pick the checkpoint that is
+    tested and published) and test items (the score), and the run record names both before any training."""
+    items = datalist.get(split) or []
+    if not items:
+        raise ValueError(f"the {datalist.get('name', '')} datalist from {datalist.get('source', '?')} has no {split!r} "
+                         "items; training needs at least one validation and one test image (check num_val / val_frac / "
+                         "test_frac and the test folder)")
+    return items
 
 
 def pretraining_items(datalist: dict, include_test: bool = False) -> list[dict]:
