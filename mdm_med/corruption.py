@@ -11,12 +11,13 @@ So DDPM, MAE and MDM differ by one line of configuration. Everything is vectoris
 
 from __future__ import annotations
 
+import ast
 from collections.abc import Sequence
 
 import torch
 from monai.networks.schedulers import DDPMScheduler
 
-__all__ = ["PatchMasking", "FixedRatioMasking", "GaussianDiffusion", "patch_keep_mask"]
+__all__ = ["PatchMasking", "FixedRatioMasking", "GaussianDiffusion", "patch_keep_mask", "corruption_from_repr"]
 
 
 def patch_keep_mask(
@@ -177,3 +178,22 @@ class GaussianDiffusion:
     def add_noise(self, x0: torch.Tensor, timesteps: torch.Tensor, generator: torch.Generator | None = None):
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         return self.scheduler.add_noise(original_samples=x0, noise=noise, timesteps=timesteps.to(x0.device))
+
+
+def corruption_from_repr(text: str | None):
+    """The process that ``repr(process)`` describes (e.g. ``"GaussianDiffusion(num_train_timesteps=1000, ...)"``, as
+    published in ``model_settings.json``), or None for None / "". Only this module's classes with literal keyword
+    arguments are accepted; anything else raises ``ValueError``."""
+    if not text:
+        return None
+    classes = {cls.__name__: cls for cls in (PatchMasking, FixedRatioMasking, GaussianDiffusion)}
+    try:
+        call = ast.parse(text, mode="eval").body
+        if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id in classes
+                and not call.args and all(k.arg for k in call.keywords)):
+            raise ValueError("not a call of a corruption class with keyword arguments")
+        kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords}
+    except (SyntaxError, ValueError) as e:
+        raise ValueError(f"cannot rebuild a corruption process from {text!r} ({e}); expected one of "
+                         f"{sorted(classes)} as written by repr()") from None
+    return classes[call.func.id](**kwargs)

@@ -143,3 +143,19 @@ def test_no_validation_images_is_refused_before_pretraining(tmp_path, tiny_glas)
         wf.run()
     assert any("no 'validation' items" in m and tiny_glas in m for m in _messages(err.value))
     assert not os.path.exists(os.path.join(root, "runs", "glas", "pretrained.pt"))
+
+
+def test_head_model_keeps_its_feature_corruption_when_published(tmp_path, tiny_glas):
+    """A head trained on DDPM-noised features is evaluated and served with the same noise, not MDM masking."""
+    root = str(tmp_path / "bundle")
+    ddpm = {"_target_": "mdm_med.corruption.GaussianDiffusion", "num_train_timesteps": 1000}
+    wf = workflow(["train.json"], bundle_root=root, dataset_dir=tiny_glas, seg_mode="head",
+                  pretrain_corruption=ddpm, feature_corruption=ddpm, **TINY)
+    wf.initialize()
+    wf.run()
+    settings = json.load(open(os.path.join(root, "models", "model_settings.json")))
+    assert settings["feature_corruption"].startswith("GaussianDiffusion(")
+    for files, kind in ((["train.json", "evaluate.json"], "train"), (["inference.json"], "infer")):
+        other = workflow(files, kind=kind, bundle_root=root, dataset_dir=tiny_glas, **({} if kind == "infer" else TINY))
+        net = other.parser.get_parsed_content("network_def")
+        assert repr(net.features.corruption) == settings["feature_corruption"], files

@@ -86,3 +86,18 @@ def test_gaussian_matches_closed_form():
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
     abar = proc.scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
     np.testing.assert_allclose(xt, abar.sqrt() * x0 + (1 - abar).sqrt() * noise, atol=1e-5)
+
+
+def test_corruption_from_repr_round_trip_and_refusals():
+    """model_settings.json stores repr(feature_corruption); inference rebuilds the same process from it."""
+    from mdm_med.corruption import corruption_from_repr
+
+    for process in (PatchMasking(4, mask_value=-1.0, fixed_timestep=500), FixedRatioMasking(0.6, (4, 4, 2)),
+                    GaussianDiffusion(500)):
+        again = corruption_from_repr(repr(process))
+        assert type(again) is type(process) and repr(again) == repr(process)
+    assert corruption_from_repr(None) is None and corruption_from_repr("") is None
+    for bad in ("__import__('os').system('true')", "GaussianDiffusion(1000)", "PatchMasking(patch_size=len('ab'))",
+                "Compose(transforms=[])"):
+        with pytest.raises(ValueError, match="cannot rebuild"):
+            corruption_from_repr(bad)
