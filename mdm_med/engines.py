@@ -13,7 +13,8 @@ import torch
 from monai.engines import PrepareBatch
 from monai.inferers import Inferer
 
-__all__ = ["MaskedPrepareBatch", "CpuAutocastInferer", "autocast_inferer", "engine_amp", "pretrained_ready"]
+__all__ = ["MaskedPrepareBatch", "CpuAutocastInferer", "autocast_inferer", "engine_amp", "pretrained_ready",
+           "pretrain_epochs"]
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +79,18 @@ class CpuAutocastInferer(Inferer):
             return out.float() if torch.is_tensor(out) and out.is_floating_point() else out
 
         return self.inferer(inputs, autocast_network, *args, **kwargs)
+
+
+def pretrain_epochs(iterations: int, epoch_length: int, accumulation_steps: int = 1) -> int:
+    """Epochs of ``epoch_length`` iterations (micro-batches) that make ``iterations``. Refuses a budget that is not
+    a whole number of epochs (the trainer would run another count than the one recorded) and epochs that end in the
+    middle of a gradient-accumulation step (MONAI flushes a partial step there)."""
+    if iterations < 1 or epoch_length < 1 or iterations % epoch_length:
+        raise ValueError(f"pretrain_iterations={iterations} must be a positive multiple of epoch_length={epoch_length}")
+    if epoch_length % accumulation_steps:
+        raise ValueError(f"epoch_length={epoch_length} must be a multiple of pretrain_accumulation_steps="
+                         f"{accumulation_steps}")
+    return iterations // epoch_length
 
 
 def pretrained_ready(path: str, expected_meta: Mapping | None = None) -> bool:

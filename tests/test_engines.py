@@ -73,3 +73,14 @@ def test_bundle_amp_on_cpu_trains_in_bf16(tmp_path, tiny_glas):
     wf.finalize()
     dice = wf.parser.get_parsed_content("test#evaluator").state.metrics["test_mean_dice"]
     assert 0.0 <= dice <= 1.0
+
+
+def test_pretrain_epochs_refuses_budgets_it_cannot_run_exactly():
+    from mdm_med.engines import pretrain_epochs
+
+    assert pretrain_epochs(4000, 25) == 160 and pretrain_epochs(80000, 40, 8) == 2000
+    for bad in ((1000, 300, 1), (10, 25, 1), (0, 25, 1)):
+        with pytest.raises(ValueError, match="multiple of epoch_length"):
+            pretrain_epochs(*bad)
+    with pytest.raises(ValueError, match="pretrain_accumulation_steps"):
+        pretrain_epochs(4000, 25, 8)
