@@ -166,6 +166,21 @@ def test_missing_and_orphan_files_listed_together(tmp_path):
     assert "instancesTs/extra.png: no imagesTs/extra.png" in msg
 
 
+def test_bad_instance_maps_named_before_training(tmp_path):
+    """The test split's instance maps (object metrics) are checked with the images, not first read at test time."""
+    from mdm_med.data.transforms import check_datalist_files
+
+    make_layout(tmp_path, n_train=6, n_test=3)
+    Image.fromarray(np.zeros((9, 10), np.uint16)).save(tmp_path / "instancesTs" / "img_ts1.png")  # wrong size
+    (tmp_path / "instancesTs" / "img_ts3.png").write_bytes(b"not a png")
+    datalist = build_monuseg_datalist(tmp_path, num_val=2)
+    with pytest.raises(ValueError) as err:
+        check_datalist_files(datalist)
+    msg = str(err.value)
+    assert "2 problem" in msg and "instancesTs/img_ts3.png: cannot read" in msg
+    assert "its instance" in msg and "instancesTs/img_ts1.png is (10, 9)" in msg
+
+
 def test_same_name_in_both_splits_rejected(tmp_path):
     make_layout(tmp_path, n_train=3, n_test=1)
     for kind in ("images", "labels", "instances"):

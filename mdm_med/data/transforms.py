@@ -162,9 +162,10 @@ def _exists(path) -> bool:
 
 
 def check_histology_files(items: Sequence[dict], what: str = "dataset", image_key: str = "image",
-                          label_key: str = "label") -> int:
-    """Open every image (and mask) header before any compute: missing or corrupt files, non-RGB images and
-    image/mask size mismatches are reported together in one ``ValueError``. Returns the number of items."""
+                          mask_keys: Sequence[str] = ("label", "instance")) -> int:
+    """Open every image (and mask / instance map) header before any compute: missing or corrupt files, non-RGB
+    images and image/mask size mismatches are reported together in one ``ValueError``. Returns the number of
+    items."""
     from PIL import Image
 
     if not items:
@@ -172,7 +173,7 @@ def check_histology_files(items: Sequence[dict], what: str = "dataset", image_ke
     problems = []
     for item in items:
         sizes = {}
-        for key in (image_key, label_key):
+        for key in (image_key, *mask_keys):
             if key not in item:
                 continue
             path = item[key]
@@ -187,9 +188,10 @@ def check_histology_files(items: Sequence[dict], what: str = "dataset", image_ke
                 problems.append(f"{path}: file not found")
             except Exception as err:  # noqa: BLE001 - collected with the file name
                 problems.append(f"{path}: cannot read ({err})")
-        if len(sizes) == 2 and sizes[image_key] != sizes[label_key]:
-            problems.append(f"{item[image_key]} is {sizes[image_key]} but its mask {item[label_key]} is "
-                            f"{sizes[label_key]} (width x height)")
+        for key in mask_keys:
+            if image_key in sizes and key in sizes and sizes[image_key] != sizes[key]:
+                problems.append(f"{item[image_key]} is {sizes[image_key]} but its {key} {item[key]} is "
+                                f"{sizes[key]} (width x height)")
     if problems:
         raise ValueError(f"{what}: {len(problems)} problem(s):\n  " + "\n  ".join(problems))
     return len(items)
