@@ -209,3 +209,22 @@ def test_export_replaces_only_an_earlier_export(tmp_path):
     (out / "runs").mkdir()  # a bundle someone has trained in is not an export any more
     with pytest.raises(FileExistsError, match="runs"):
         export_bundle(src, out, parts=("configs",))
+
+
+@pytest.mark.parametrize("bundle", sorted(BUNDLES))
+def test_inference_cleans_masks_as_the_model_was_tested(tmp_path, bundle):
+    """inference.json applies the published mask clean-up (min_object_size / fill_holes) after the argmax."""
+    from mdm_med.data.transforms import CleanLabelMapd
+
+    root, _ = _tiny_bundle(tmp_path, bundle)
+    settings = json.loads((root / "models" / "model_settings.json").read_text())
+    (root / "models" / "model_settings.json").write_text(json.dumps({**settings, "min_object_size": 7,
+                                                                      "fill_holes": True}))
+    parser = ConfigParser()
+    parser.read_config(str(root / "configs" / "inference.json"))
+    parser["bundle_root"] = str(root)
+    steps = parser.get_parsed_content("postprocessing").transforms
+    names = [type(s).__name__ for s in steps]
+    assert names.index("AsDiscreted") < names.index("CleanLabelMapd")
+    clean = next(s for s in steps if isinstance(s, CleanLabelMapd))
+    assert (clean.min_object_size, clean.fill_holes) == (7, True)
