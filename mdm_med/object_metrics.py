@@ -386,10 +386,10 @@ def to_instance_map(x: torch.Tensor | np.ndarray, connectivity: int = 1) -> np.n
 
     Args:
         x: ``(C, H, W)`` (or ``(C, *spatial)``).  ``C > 1``: one-hot / probabilities / logits; the argmax over
-            channels is taken and every non-zero class is foreground.  ``C == 1``: a label map; if it contains
-            a value > 1 it is taken as an instance map (ids as given), otherwise it is a binary mask
-            (non-zero = foreground).  Single-channel probability maps must be discretised first
-            (e.g. ``monai.transforms.AsDiscrete(threshold=0.5)``).
+            channels is taken and every non-zero class is foreground.  ``C == 1``: a label map; if it holds
+            two or more different non-zero values it is taken as an instance map (ids as given), otherwise it is
+            a binary mask (non-zero = foreground; 0/1 or 0/255 as stored).  Single-channel probability maps must
+            be discretised first (e.g. ``monai.transforms.AsDiscrete(threshold=0.5)``).
         connectivity: connectivity for the connected components of binary foregrounds.
 
     Returns:
@@ -401,7 +401,7 @@ def to_instance_map(x: torch.Tensor | np.ndarray, connectivity: int = 1) -> np.n
     if arr.shape[0] > 1:
         return instances_from_binary(np.argmax(arr, axis=0) > 0, connectivity).astype(np.int64)
     arr = arr[0]
-    if arr.size and arr.max() > 1:
+    if np.unique(arr[arr != 0]).size > 1:
         if arr.dtype.kind == "f" and not np.all(np.mod(arr, 1) == 0):
             raise ValueError("single-channel input with values > 1 must hold integer instance ids")
         if arr.min() < 0:

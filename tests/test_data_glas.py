@@ -168,3 +168,24 @@ def test_clean_label_map_defaults_and_bad_input():
         CleanLabelMapd("pred", fill_holes=True)({"pred": torch.full((1, 4, 4), 0.5)})
     with pytest.raises(ValueError, match="min_object_size"):
         CleanLabelMapd("pred", min_object_size=-1)
+
+
+def test_touching_glands_stay_apart_for_object_metrics(tmp_path):
+    """An instance-labelled mask reaches the object metrics as its glands; a 0/255 mask as its components."""
+    from mdm_med.object_metrics import GlaSObjectF1Metric, to_instance_map
+
+    _write(tmp_path, "train_1.png")
+    _write(tmp_path, "testA_1.png")
+    mask = np.zeros((30, 40), np.uint8)
+    mask[5:15, 5:20], mask[5:15, 20:35] = 1, 2  # two glands that touch
+    Image.fromarray(mask).save(tmp_path / "testA_1_anno.bmp")
+    Image.fromarray(np.where(mask > 0, 255, 0).astype(np.uint8)).save(tmp_path / "train_1_anno.png")
+    splits = scan_glas(tmp_path)
+    test = LoadHistologyd(keys=["image", "label", "instance"])(splits["testa"][0])
+    assert set(test["label"].unique().tolist()) == {0.0, 1.0} and set(test["instance"].unique().tolist()) == {0, 1, 2}
+    assert to_instance_map(test["instance"]).max() == 2 and to_instance_map(test["label"]).max() == 1
+    binary = LoadHistologyd(keys=["image", "label", "instance"])(splits["train"][0])
+    assert to_instance_map(binary["instance"]).max() == 1  # 0/255: one component, not "object 255"
+    merged = test["label"][None].long()  # a prediction that joins the two glands
+    f1 = GlaSObjectF1Metric()
+    assert f1(merged, test["instance"][None]).item() < 1.0 and f1(merged, test["label"][None].long()).item() == 1.0

@@ -318,6 +318,8 @@ def test_to_instance_map_conventions():
     assert to_instance_map(bin_map).max() == 2
     inst = torch.tensor([[[2, 0, 2], [2, 0, 5]]])  # ids > 1 -> kept as given (object 2 is not connected)
     np.testing.assert_array_equal(to_instance_map(inst), inst[0].numpy())
+    stored = bin_map * 255  # a binary mask as a 0/255 PNG is not one object with id 255
+    np.testing.assert_array_equal(to_instance_map(stored), to_instance_map(bin_map))
     onehot = torch.stack([1 - bin_map[0], bin_map[0]]).float()  # (2, 2, 3)
     np.testing.assert_array_equal(to_instance_map(onehot), to_instance_map(bin_map))
 

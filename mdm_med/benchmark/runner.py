@@ -567,7 +567,8 @@ class BenchmarkRunner:
         ov.update(common, label_fraction=cell.fraction, seed=cell.seed, output_dir=str(self.work_dir(cell)))
         for name in self.profile.object_metrics:
             ov[f"test_metrics#test_{name}"] = {
-                "_target_": OBJECT_METRICS[name], "output_transform": "$monai.handlers.from_engine(['pred', 'label'])"}
+                "_target_": OBJECT_METRICS[name],
+                "output_transform": "$monai.handlers.from_engine(['pred', 'gt_instance'])"}
         ov["run"] = cell_run_list(self.bundle_run, m.pretrain)
         return ov
 

@@ -1,8 +1,9 @@
 """GlaS (MICCAI 2015 gland segmentation) layout: scanning, validation and the datalist.
 
 Accepted layout (one folder): ``train_N.{bmp,png,tif}`` with ``train_N_anno.*`` masks, ``testA_N.*`` and
-``testB_N.*`` likewise. Masks may be instance-labelled (challenge BMPs) or binary 0/255; both are binarised
-(> 0) by the loading transform.
+``testB_N.*`` likewise. Masks may be instance-labelled (challenge BMPs) or binary 0/255: every item names the mask
+as ``label`` (binarised, > 0, by the loading transform) and as ``instance`` (ids as stored, for the object metrics;
+a binary mask's glands are its connected components, ``mdm_med.object_metrics.to_instance_map``).
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ def has_glas_images(folder: str | os.PathLike) -> bool:
 
 
 def scan_glas(folder: str | os.PathLike) -> dict[str, list[dict]]:
-    """Pairs per split: ``{"train": [{"id", "image", "label"}], "testa": [...], "testb": [...]}`` in numeric order.
+    """Pairs per split: ``{"train": [{"id", "image", "label", "instance"}], "testa": [...], "testb": [...]}`` in numeric
+    order (``label`` and ``instance`` are the same mask file).
 
     Raises one ``ValueError`` listing every image without a mask and every mask without an image.
     """
@@ -60,8 +62,8 @@ def scan_glas(folder: str | os.PathLike) -> dict[str, list[dict]]:
     for (split, num, is_mask), path in sorted(index.items(), key=lambda kv: (kv[0][0], kv[0][1])):
         if not is_mask:
             prefix = {"train": "train", "testa": "testA", "testb": "testB"}[split]
-            splits[split].append({"id": f"{prefix}_{num}", "image": str(path),
-                                  "label": str(index[(split, num, True)])})
+            mask = str(index[(split, num, True)])
+            splits[split].append({"id": f"{prefix}_{num}", "image": str(path), "label": mask, "instance": mask})
     if not splits["train"]:
         raise ValueError(f"GlaS folder {folder} has no train_N images")
     return splits

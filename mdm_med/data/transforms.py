@@ -172,11 +172,12 @@ def check_histology_files(items: Sequence[dict], what: str = "dataset", image_ke
         raise ValueError(f"{what} is empty")
     problems = []
     for item in items:
-        sizes = {}
+        sizes, seen = {}, set()
         for key in (image_key, *mask_keys):
-            if key not in item:
+            if key not in item or item[key] in seen:  # GlaS: label and instance are one file, checked once
                 continue
             path = item[key]
+            seen.add(path)
             try:
                 with Image.open(path) as im:
                     im.verify()
