@@ -659,9 +659,9 @@ class BenchmarkRunner:
                              "resumed); delete that folder or use a new --out")
         start = time.time()
 
-        def record_attempts() -> None:
+        def record_attempts(elapsed: float) -> None:
             if track_attempts:
-                write_json_atomic({"wall_s": previous["wall_s"] + time.time() - start, "fingerprint": fp}, attempts)
+                write_json_atomic({"wall_s": previous["wall_s"] + elapsed, "fingerprint": fp}, attempts)
 
         try:
             with open(log_path, "a") as log, subprocess.Popen(
@@ -673,14 +673,14 @@ class BenchmarkRunner:
                             proc.wait(timeout=InvocationLog.heartbeat_s)
                             break
                         except subprocess.TimeoutExpired:
-                            record_attempts()
+                            record_attempts(time.time() - start)
                 except BaseException:  # Ctrl-C or a crash of the runner: the cell does not outlive it
                     proc.kill()
                     proc.wait()
                     raise
         finally:
             wall = time.time() - start
-            record_attempts()
+            record_attempts(wall)
         if proc.returncode != 0:
             tail = "".join(log_path.read_text(errors="replace").splitlines(keepends=True)[-25:])
             raise CellFailed(f"{cell.name} failed (exit {proc.returncode}); log {log_path}:\n{tail}")
