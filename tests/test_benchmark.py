@@ -235,6 +235,11 @@ def test_method_reuses_another_methods_pretraining(tmp_path):
     assert ov["pretrained_checkpoint"] == str(tmp_path / "out" / "pretrain" / "mdm" / "pretrained.pt")
     assert ov["pretrain_method"] == "mdm" and ov["finetune_lr_scale"] == 0.1 and ov["seg_mode"] == "finetune"
     assert runner.overrides(cells[0]) == runner.overrides(plan_cells(p, methods=["mdm"])[0])  # same job, same result
+    # a variant of another donor inherits the donor's settings (the checkpoint's own, and its segmentation ones)
+    mae = {"pretrain_corruption": {"_target_": "mdm_med.corruption.FixedRatioMasking"}, "seg_timestep": 0}
+    p2 = load_profile({"methods": {"mae": {"overrides": mae},
+                                   "mae_slow": {"pretrained_by": "mae", "overrides": {"finetune_lr_scale": 0.1}}}})
+    assert p2.methods["mae_slow"].overrides == {**mae, "finetune_lr_scale": 0.1} and p2.methods["mae"].overrides == mae
     with pytest.raises(ValueError, match="must name a method"):
         load_profile({"methods": {"a": {"pretrained_by": "nope"}}})
     with pytest.raises(ValueError, match="may not set pretraining settings"):

@@ -38,7 +38,7 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import yaml
@@ -216,7 +216,7 @@ def load_profile(config: str | os.PathLike | dict, overrides: dict | None = None
             protocols=tuple(spec.get("protocols") or protocols), overrides=ov,
             head_timesteps=tuple(int(t) for t in spec.get("head_timesteps") or ()),
             pretrained_by=str(spec.get("pretrained_by") or ""))
-    for m in methods.values():
+    for m in list(methods.values()):
         if not m.pretrained_by:
             continue
         donor = methods.get(m.pretrained_by)
@@ -227,6 +227,8 @@ def load_profile(config: str | os.PathLike | dict, overrides: dict | None = None
         if changed or not m.pretrain:
             raise ValueError(f"method {m.name!r} reuses the pretraining of {donor.name!r}, so it may not set "
                              f"pretraining settings ({changed or 'pretrain: false'})")
+        # a variant of the donor: its settings (corruption, loss, feature timestep ...) plus the variant's changes
+        methods[m.name] = replace(m, overrides={**donor.overrides, **m.overrides})
     profile = Profile(
         name=str(config.get("name", Path(source).stem if source else "benchmark")),
         fractions=_floats(config.get("fractions") or DEFAULT_FRACTIONS),
