@@ -221,6 +221,38 @@ def test_results_from_another_bundle_version_are_refused(tmp_path):
     assert nested == bundle_fingerprint(config, "segment", {"train": {**config["train"], "batch_size": 3}})
 
 
+def test_results_from_another_pretraining_are_refused(tmp_path):
+    """A segmentation result names the pretraining it was trained from (settings + weights' sha256)."""
+    from mdm_med.benchmark.runner import pretraining_id
+
+    profile = load_profile({"name": "t", "fractions": [0.1], "seeds": [0],
+                            "methods": {"a": {"protocols": ["finetune"]}}})
+    runner = BenchmarkRunner(profile, tmp_path / "data", tmp_path / "out", log=lambda *a: None)
+    pre_cell, seg_cell = plan_cells(profile)
+
+    def store(cell, **fields):
+        ov = runner.overrides(cell)
+        result = {"cell": cell.name, "fingerprint": fingerprint(ov),
+                  "config_fingerprint": bundle_fingerprint(runner.bundle_config, cell.kind, ov), **fields}
+        runner.result_path(cell).parent.mkdir(parents=True, exist_ok=True)
+        runner.result_path(cell).write_text(json.dumps(result))
+        return result
+
+    pre = store(pre_cell, weights_sha256="a" * 64, finished_at="2026-01-01 10:00:00")
+    store(seg_cell, pretrained_with=pretraining_id(pre))
+    assert runner.finished(seg_cell)["cell"] == seg_cell.name
+    store(pre_cell, weights_sha256="a" * 64, finished_at="2026-01-02 10:00:00")  # result rewritten, same weights
+    assert runner.finished(seg_cell)["cell"] == seg_cell.name
+    store(pre_cell, weights_sha256="b" * 64)  # pretrained again: other weights
+    with pytest.raises(ValueError, match="another pretraining .*made again since"):
+        runner.finished(seg_cell)
+    runner.result_path(pre_cell).unlink()
+    with pytest.raises(ValueError, match="which is missing"):
+        runner.finished(seg_cell)
+    store(seg_cell)  # results from before this check name no pretraining and are kept
+    assert runner.finished(seg_cell)["cell"] == seg_cell.name
+
+
 def test_method_reuses_another_methods_pretraining(tmp_path):
     spec = {"methods": {"mdm": {"overrides": {"pretrain_loss": "ssim"}},
                         "mdm_slow": {"pretrained_by": "mdm", "protocols": ["finetune"],
@@ -512,6 +544,10 @@ def test_end_to_end_and_restart(tmp_path, capsys):
     assert (out / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # pretraining happened once, into the benchmark's folder; nothing went into the bundle's runs/ or models/
     assert (out / "pretrain" / "mdm" / "pretrained.pt").is_file()
+    pre = json.loads((out / "pretrain" / "mdm" / "result.json").read_text())
+    assert len(pre["weights_sha256"]) == 64
+    assert [json.loads(p.read_text())["pretrained_with"]["weights_sha256"] for p in out.glob("results/mdm__*.json")] \
+        == [pre["weights_sha256"]] * 2
     assert not (out / "pretrain" / "scratch").exists()
     assert _bundle_mentions(tmp_path) == []
     assert not (tmp_path / "bundle_root" / "models").exists()

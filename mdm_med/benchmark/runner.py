@@ -345,6 +345,13 @@ def _is_evaluation_key(key: str) -> bool:
     return key.split("#")[0] in EVALUATION_KEYS
 
 
+def pretraining_id(result: dict) -> dict:
+    """What identifies one pretraining (its settings and the sha256 of its weights): stored in every segmentation
+    result made from it, so results from a pretraining that was made again with other weights (another seed, a
+    deleted folder) are refused, while a result.json rewritten around the same weights is not."""
+    return {"fingerprint": result.get("fingerprint"), "weights_sha256": result.get("weights_sha256")}
+
+
 def fingerprint(overrides: dict) -> str:
     """Hash of a cell's overrides that decide its training (paths that follow --out and test-only keys left out)."""
     return _hash({k: v for k, v in overrides.items() if k not in FINGERPRINT_IGNORE and not _is_evaluation_key(k)})
@@ -596,6 +603,16 @@ class BenchmarkRunner:
                 f"{path} was made with other settings than this run (fingerprint {result.get('fingerprint')} vs "
                 f"{want}; see {self.work_dir(cell) / 'overrides.json'}). Use a new --out, or delete the old result "
                 "to recompute it.")
+        if cell.kind == "segment" and "pretrained_with" in result:
+            pre_path = self.pretrain_dir(cell.method) / "result.json"
+            pre = json.loads(pre_path.read_text()) if pre_path.is_file() else None
+            if pre is None or pretraining_id(pre) != result["pretrained_with"]:
+                raise ValueError(
+                    f"{path} was trained from another pretraining than {pre_path} "
+                    f"({'which is missing' if pre is None else 'made again since, with other weights'}). Delete "
+                    "the results of "
+                    f"{cell.method.name!r} (results/{cell.method.name}__*.json) to recompute them from the current "
+                    "pretraining, or use a new --out.")
         want = bundle_fingerprint(self.bundle_config, cell.kind, self.overrides(cell))
         if "config_fingerprint" in result:
             if result["config_fingerprint"] != want:
@@ -694,7 +711,10 @@ class BenchmarkRunner:
         if not ckpt.is_file():
             raise CellFailed(f"{cell.name}: the bundle finished but {ckpt} does not exist")
         ov = self.overrides(cell)
+        with open(ckpt, "rb") as f:
+            sha = hashlib.file_digest(f, "sha256").hexdigest()
         result = {"cell": cell.name, "method": cell.method.name, "pretrained_checkpoint": str(ckpt), "wall_s": wall,
+                  "weights_sha256": sha,
                   "pretrain_iterations": ov.get("pretrain_iterations"), "fingerprint": fingerprint(ov),
                   "config_fingerprint": bundle_fingerprint(self.bundle_config, cell.kind, ov),
                   "cell_threads": self.cell_threads, "finished_at": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -717,6 +737,7 @@ class BenchmarkRunner:
             "val_dice": val.get("best_val_dice"), "best_epoch": val.get("best_val_epoch"),
             "epochs_run": val.get("epochs_run"),
             "pretrain_wall_s": pretrain_result.get("wall_s") if pretrain_result else None,
+            **({"pretrained_with": pretraining_id(pretrain_result)} if pretrain_result else {}),
             "seg_wall_s": wall, "output_dir": str(work), "fingerprint": fingerprint(ov),
             "config_fingerprint": bundle_fingerprint(self.bundle_config, cell.kind, ov),
             "evaluation_fingerprint": evaluation_fingerprint(self.bundle_config, ov),
