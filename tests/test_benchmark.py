@@ -591,6 +591,9 @@ def test_end_to_end_and_restart(tmp_path, capsys):
         assert (out / "cells" / old["cell"] / "evaluate_overrides.json").is_file()
     assert json.loads((cell / "evaluate_overrides.json").read_text())["min_object_size"] == 40
     assert main([*argv, *clean]) == 0 and "re-scored 0, skipped 4" in capsys.readouterr().out
+    assert main([*argv, *clean, "--report-only"]) == 0 and "report:" in capsys.readouterr().out
+    assert main([*argv, "--report-only"]) == 2  # the scores on disk are not those of these test-only settings
+    assert "run without --report-only" in capsys.readouterr().err
     # ... and a re-scored cell equals the same cell trained afresh with those settings
     fresh = tmp_path / "fresh"
     fresh_argv = [*argv[:5], str(fresh), *argv[6:]]

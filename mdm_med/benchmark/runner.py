@@ -928,6 +928,10 @@ def run_benchmark(config: str | os.PathLike | dict, data_dir: str | os.PathLike,
                 "pretrain": {}, "report": {}}
     if report_only:
         done = {c.name: r for c in cells if (r := runner.finished(c)) is not None}
+        stale = [c.name for c in cells if c.name in done and runner.stale_evaluation(c, done[c.name])]
+        if stale:
+            raise ValueError(f"{len(stale)} finished cell(s) (e.g. {stale[0]}) were scored with other test-only "
+                             "settings than this run's; run without --report-only to re-score them from their models")
         summary = {"results": [done[c.name] for c in cells if c.kind == "segment" and c.name in done],
                    "pretrain": {c.method.name: done[c.name] for c in cells if c.kind == "pretrain" and c.name in done},
                    "ran": [], "rescored": [], "skipped": list(done), "failed": {}, "elapsed_s": None}
