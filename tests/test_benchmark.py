@@ -54,6 +54,9 @@ def test_cpu_profile_plan():
                   and c.seed == 0 and c.fraction == 0.1) == [50, 150, 250]
     core = plan_cells(p, methods=["mdm", "scratch"], fractions=[0.1, 1.0])
     assert sum(c.kind == "segment" for c in core) == 18 and sum(c.kind == "pretrain" for c in core) == 1
+    twice = plan_cells(p, methods=["mdm", "scratch", "mdm"], fractions=[0.1, 1.0, 0.10], seeds=[0, 1, 2, 0],
+                       protocols=["finetune", "head", "finetune"])  # repeated values: the same cells once
+    assert [c.name for c in twice] == [c.name for c in core]
 
 
 def test_paper_profile_extends_cpu_methods():

@@ -290,20 +290,20 @@ def plan_cells(profile: Profile, methods: Sequence[str] | None = None, fractions
                seeds: Sequence[int] | None = None, protocols: Sequence[str] | None = None) -> list[Cell]:
     """All cells in run order: seeds outermost (a complete seed-0 table comes first), then fractions, methods,
     protocols, head timesteps; a method's pretraining job goes right before its first segmentation cell."""
-    names = list(methods or profile.methods)
+    names = list(dict.fromkeys(methods or profile.methods))  # a value given twice is one cell, not two
     unknown = [m for m in names if m not in profile.methods]
     if unknown:
         raise ValueError(f"unknown methods {unknown}; the profile has {list(profile.methods)}")
-    fracs = _floats(fractions) if fractions else profile.fractions
+    fracs = tuple({f"{f:g}": f for f in (_floats(fractions) if fractions else profile.fractions)}.values())
     probe = Profile(profile.name, fracs, (0,), profile.protocols, {})
     _check_profile(probe)
-    protos = tuple(protocols or profile.protocols)
+    protos = tuple(dict.fromkeys(protocols or profile.protocols))
     wrong = [x for x in protos if x not in PROTOCOLS]
     if wrong:
         raise ValueError(f"unknown protocols {wrong}; use {sorted(PROTOCOLS)}")
     cells: list[Cell] = []
     pretrained: set[str] = set()
-    for seed in seeds if seeds is not None else profile.seeds:
+    for seed in dict.fromkeys(int(s) for s in (seeds if seeds is not None else profile.seeds)):
         for frac in fracs:
             for name in names:
                 m = profile.methods[name]
