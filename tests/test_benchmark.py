@@ -485,6 +485,21 @@ def test_combine_results_of_separate_runs(tmp_path, capsys):
     assert report_main(["--out", str(tmp_path / "bad"), str(b), str(c)]) == 2
     err = capsys.readouterr().err
     assert "mdm__finetune__f0.1__s1" in err and str(c) in err and not (tmp_path / "bad" / "results.md").exists()
+    # seeds of one group made with other settings, or another dataset, are not averaged (older files: unchecked)
+    d, e, f = tmp_path / "d.csv", tmp_path / "e.csv", tmp_path / "f.csv"
+    def tagged(rows, settings, dataset):
+        return [{**r, "settings_fingerprint": settings, "dataset": dataset} for r in rows]
+
+    write_csv(tagged(cell_rows("mdm", "finetune", (0, 1), 0.85), "s1", "glas"), d)
+    write_csv(tagged(cell_rows("mdm", "finetune", (2,), 0.8), "s2", "glas"), e)
+    write_csv(tagged(cell_rows("mdm", "head", (0,), 0.8), "s1", "hippocampus"), f)
+    for other, says in ((e, "other settings (s2 vs s1, cell mdm__finetune__f0.1__s2)"),
+                        (f, "other datasets (hippocampus vs glas")):
+        assert report_main(["--out", str(tmp_path / "bad"), str(d), str(other)]) == 2
+        err = capsys.readouterr().err
+        assert says in err and str(other) in err and str(d) in err
+    assert report_main(["--out", str(tmp_path / "ok"), str(d), str(a)]) == 0  # a.csv predates the columns
+    capsys.readouterr()
     # a file that is not a results table, an empty one, a missing one
     (tmp_path / "x.csv").write_text("a,b\n1,2\n")
     write_csv([], tmp_path / "empty.csv")
@@ -535,6 +550,7 @@ def test_end_to_end_and_restart(tmp_path, capsys):
         assert r["label_fraction"] == "1.0" and r["seed"] == "0" and r["labelled_images"] == "8"
         assert 0.0 <= float(r["dice"]) <= 1.0 and r["paper_iou"] != "" and r["object_f1"] != ""
         assert r["val_dice"] != "" and float(r["seg_wall_s"]) > 0
+        assert r["dataset"] == "glas" and len(r["settings_fingerprint"]) == 16
         assert (r["pretrain_wall_s"] != "") == (r["method"] == "mdm")
     assert {r["seg_mode"] for r in rows if r["method"] == "scratch"} == {"scratch"}
     assert {json.loads(p.read_text())["cell_threads"] for p in (out / "results").glob("*.json")} == {cell_threads(2)}
@@ -590,6 +606,7 @@ def test_end_to_end_and_restart(tmp_path, capsys):
         old, new = before[p.name], json.loads(p.read_text())
         assert new["seg_wall_s"] == old["seg_wall_s"] and new["val_dice"] == old["val_dice"]
         assert new["evaluation_fingerprint"] != old["evaluation_fingerprint"] and new["eval_wall_s"] > 0
+        assert new["settings_fingerprint"] != old["settings_fingerprint"]  # the scores are of other settings
         assert "fill_holes=true" not in (out / "cells" / old["cell"] / "command.sh").read_text()
         assert (out / "cells" / old["cell"] / "evaluate_overrides.json").is_file()
     assert json.loads((cell / "evaluate_overrides.json").read_text())["min_object_size"] == 40

@@ -34,7 +34,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for r in rows:
         if r.get("pretrain_wall_s") is not None:
             pretrain.setdefault(r["method"], {"wall_s": r["pretrain_wall_s"]})
+    datasets = {r["dataset"] for r in rows if r.get("dataset")}  # one at most: merge_results refuses a mix
     info = {"profile": args.title, "sources": [str(c) for c in args.csv], "pretrain": pretrain,
+            **({"dataset": datasets.pop()} if datasets else {}),
             "object_metrics": [m for m in ("object_f1", "object_dice", "object_hausdorff")
                                if any(r.get(m) is not None for r in rows)],
             "command": shlex.join(["python", "-m", "mdm_med.benchmark.combine",

@@ -22,7 +22,8 @@ __all__ = ["CSV_FIELDS", "METRICS", "aggregate", "select_on_validation", "markdo
 
 CSV_FIELDS = ["method", "method_label", "protocol", "variant", "seg_mode", "seg_timestep", "label_fraction",
               "labelled_images", "seed", "dice", "iou", "paper_iou", "object_f1", "object_dice", "object_hausdorff",
-              "val_dice", "best_epoch", "epochs_run", "test_images", "pretrain_wall_s", "seg_wall_s", "cell"]
+              "val_dice", "best_epoch", "epochs_run", "test_images", "pretrain_wall_s", "seg_wall_s", "cell", "dataset",
+              "settings_fingerprint"]
 # metric -> (column title, shown in %)
 METRICS = {"dice": ("Dice", True), "paper_iou": ("IoU (paper)", True), "iou": ("IoU (per image)", True),
            "object_f1": ("obj F1", True), "object_dice": ("obj Dice", True),
@@ -203,8 +204,8 @@ def markdown_report(rows: Sequence[dict], info: dict | None = None) -> str:
         lines.append("| " + " | ".join([_arm(a), a["protocol"], _fraction_label(a["label_fraction"]), str(a["n"]),
                                         ",".join(map(str, a["seeds"]))] + vals) + " |")
     lines.append("")
-    if not info.get("object_metrics") and info.get("dataset", "glas") == "glas":
-        lines += ["Object metrics (GlaS object F1 / Dice / Hausdorff) were not computed in this profile; set "
+    if info.get("dataset", "glas") == "glas" and not any(_num(r.get("object_f1")) is not None for r in rows):
+        lines += ["Object metrics (GlaS object F1 / Dice / Hausdorff) are not in these results; set "
                   "`object_metrics` in the profile to add them to the bundle's test evaluator.", ""]
     pre = info.get("pretrain") or {}
     seg_total = sum(_num(r.get("seg_wall_s")) or 0.0 for r in rows)
@@ -378,10 +379,23 @@ def read_csv(path: str | os.PathLike) -> list[dict]:
 
 def merge_results(paths: Sequence[str | os.PathLike], method_order: Sequence[str] = ()) -> list[dict]:
     """The rows of several ``results.csv`` files as one table (:func:`sort_rows` order). A cell found in two files
-    is kept once when its measurements agree to the digit and refused otherwise (two different runs of one cell)."""
+    is kept once when its measurements agree to the digit and refused otherwise (two different runs of one cell).
+    Rows of another dataset, or seeds of one method / protocol / fraction made with other settings
+    (``settings_fingerprint``; files written before it existed are not checked), are refused too."""
     seen: dict[str, tuple[str, dict]] = {}
+    first: dict[tuple, tuple[str, str]] = {}  # (dataset) or (group) -> (file, value) first seen
     for path in paths:
         for row in read_csv(path):
+            group = (row.get("method"), row.get("protocol"), row.get("variant"), row.get("label_fraction"))
+            for key, value, what in ((("dataset",), row.get("dataset"), "datasets"),
+                                     (group, row.get("settings_fingerprint"), "settings")):
+                if value is None:
+                    continue
+                where, known = first.setdefault(key, (str(path), value))
+                if known != value:
+                    raise ValueError(f"{path} and {where} hold results with other {what} ({value} vs {known}, "
+                                     f"{'cell ' + row['cell'] if what == 'settings' else 'dataset'}); "
+                                     "combine only runs of one dataset and one set of settings")
             prev = seen.get(row["cell"])
             if prev is None:
                 seen[row["cell"]] = (str(path), row)

@@ -352,6 +352,17 @@ def pretraining_id(result: dict) -> dict:
     return {"fingerprint": result.get("fingerprint"), "weights_sha256": result.get("weights_sha256")}
 
 
+# per-cell values that differ between the seeds / machines of one comparable group of results
+SETTINGS_IGNORE = ("seed", "dataset_dir", *FINGERPRINT_IGNORE)
+
+
+def settings_fingerprint(overrides: dict) -> str:
+    """Hash of a cell's settings without its seed and paths (training and test-only settings alike): equal for
+    every seed of one method / protocol / fraction of one run, so ``combine`` can refuse to average results made
+    with other settings (results.csv column ``settings_fingerprint``)."""
+    return _hash({k: v for k, v in overrides.items() if k not in SETTINGS_IGNORE})
+
+
 def fingerprint(overrides: dict) -> str:
     """Hash of a cell's overrides that decide its training (paths that follow --out and test-only keys left out)."""
     return _hash({k: v for k, v in overrides.items() if k not in FINGERPRINT_IGNORE and not _is_evaluation_key(k)})
@@ -741,6 +752,7 @@ class BenchmarkRunner:
             "seg_wall_s": wall, "output_dir": str(work), "fingerprint": fingerprint(ov),
             "config_fingerprint": bundle_fingerprint(self.bundle_config, cell.kind, ov),
             "evaluation_fingerprint": evaluation_fingerprint(self.bundle_config, ov),
+            "settings_fingerprint": settings_fingerprint(ov), "dataset": self.bundle_config.get("dataset_name", ""),
             "cell_threads": self.cell_threads, "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
         }
         write_json_atomic(result, self.result_path(cell))
@@ -773,6 +785,7 @@ class BenchmarkRunner:
         wall = self._subprocess(cell, ov, "evaluate_", track_attempts=False)
         result = {**result, **self._test_metrics(cell), "eval_wall_s": wall,
                   "evaluation_fingerprint": evaluation_fingerprint(self.bundle_config, ov),
+                  "settings_fingerprint": settings_fingerprint(self.overrides(cell)),
                   "evaluated_at": time.strftime("%Y-%m-%d %H:%M:%S")}
         write_json_atomic(result, self.result_path(cell))
         return result
