@@ -5,6 +5,7 @@ every finished cell)."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -351,9 +352,12 @@ def test_parallel_jobs_wait_for_their_pretraining(tmp_path, monkeypatch):
     # time left: each remaining cell at the mean wall time of its kind, spread over the jobs' lanes
     a_cells = [c for c in cells if c.method.name == "a"]
     walls = {a_cells[0].name: {"wall_s": 10.0}, a_cells[1].name: {"seg_wall_s": 2.0}}
-    rest = [a_cells[1]] * 3
+    rest = [dataclasses.replace(a_cells[1], seed=s) for s in (5, 6, 7)]  # three more fine-tuning cells
     assert BenchmarkRunner._eta(rest, walls, cells, 1) == 6.0 and BenchmarkRunner._eta(rest, walls, cells, 2) == 4.0
-    assert BenchmarkRunner._eta([a_cells[0], *rest], walls, cells, 2) == 10.0
+    # the cells wait for their pretraining: 10 s, then three 2 s cells on two lanes
+    assert BenchmarkRunner._eta([a_cells[0], *rest], walls, cells, 2) == 14.0
+    # a running cell costs what is left of its kind's mean: 0.5 s on one lane, then 2 s + 2 s on the two lanes
+    assert BenchmarkRunner._eta(rest, walls, cells, 2, {rest[0].name: 1.5}) == 2.5
     # cores are split between jobs unless the caller fixed OMP_NUM_THREADS
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     assert cell_threads(1) is None and cell_threads(2) >= 1 and cell_threads(10 ** 6) == 1

@@ -28,6 +28,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import os
 import platform
 import shlex
@@ -833,19 +834,22 @@ class BenchmarkRunner:
             invocation.write()
             self.log(f"[benchmark] {cell.name} re-scored in {_fmt_s(done[cell.name]['eval_wall_s'])}, "
                      f"test Dice {done[cell.name]['dice']:.4f}")
-        pending, running = list(todo), {}
+        pending, running, started = list(todo), {}, {}
         with ThreadPoolExecutor(max_workers=self.jobs) as pool:
             while pending or running:
                 while len(running) < self.jobs:
                     cell = self._next_ready(pending, running.values(), broken, failed)
                     if cell is None:
                         break
-                    eta = self._eta([cell, *running.values(), *pending], done, cells, self.jobs)
+                    now = time.time()
+                    eta = self._eta([*running.values(), cell, *pending], done, cells, self.jobs,
+                                    {c.name: now - started[c.name] for c in running.values()})
                     left = f"time left ~{_fmt_s(eta)}" if eta is not None else \
                         "time left: known once a pretraining and a segmentation cell are done"
                     self.log(f"[benchmark] {len(done) + len(failed) + len(running) + 1}/{len(cells)} {cell.name} "
                              f"starting ({left})")
                     running[pool.submit(self._run_cell, cell, done)] = cell
+                    started[cell.name] = time.time()
                 if not running:  # cannot happen (a pending pretraining is always ready); never drop cells silently
                     failed.update({c.name: "never became ready to run" for c in pending})
                     break
@@ -891,10 +895,13 @@ class BenchmarkRunner:
         return None
 
     @staticmethod
-    def _eta(remaining: Iterable[Cell], done: dict, cells: Sequence[Cell], jobs: int = 1) -> float | None:
-        """Seconds left: each remaining cell costs the mean wall time of finished cells of its kind (pretraining /
-        head / fine-tuning), falling back to all finished segmentation cells, and goes to the least loaded of
-        ``jobs`` lanes; None before any cell of a needed kind has finished."""
+    def _eta(remaining: Sequence[Cell], done: dict, cells: Sequence[Cell], jobs: int = 1,
+             elapsed: dict[str, float] | None = None) -> float | None:
+        """Seconds left. Each cell costs the mean wall time of finished cells of its kind (pretraining / head /
+        fine-tuning; else of all finished segmentation cells), less ``elapsed[cell name]`` for a cell already
+        running. The cells, running ones first, go in order onto ``jobs`` lanes as the runner starts them: a
+        segmentation cell not before its method's pretraining (if still to come) has ended. None before any cell
+        of a needed kind has finished."""
         walls: dict[str, list[float]] = {}
         for c in cells:
             r = done.get(c.name)
@@ -904,13 +911,28 @@ class BenchmarkRunner:
                 if w is not None:
                     walls.setdefault(key, []).append(float(w))
         seg = [w for k, v in walls.items() if k != "pretrain" for w in v]
-        lanes = [0.0] * max(1, jobs)
+        cost = {}
         for c in remaining:
-            key = "pretrain" if c.kind == "pretrain" else c.protocol
-            pool = walls.get(key) or (seg if c.kind == "segment" else None)
+            pool = walls.get("pretrain" if c.kind == "pretrain" else c.protocol) or (seg if c.kind == "segment"
+                                                                                    else None)
             if not pool:
                 return None
-            lanes[lanes.index(min(lanes))] += sum(pool) / len(pool)
+            cost[c.name] = max(0.0, sum(pool) / len(pool) - (elapsed or {}).get(c.name, 0.0))
+        to_come = {c.method.pretraining for c in remaining if c.kind == "pretrain"}
+        ends: dict[str, float] = {}  # pretraining -> when it ends
+        lanes, queue = [0.0] * max(1, jobs), list(remaining)
+
+        def earliest(c: Cell) -> float:
+            needs = c.kind == "segment" and c.method.pretrain and c.method.pretraining in to_come
+            return ends.get(c.method.pretraining, math.inf) if needs else 0.0
+
+        while queue:
+            lane = lanes.index(min(lanes))
+            cell = next((c for c in queue if earliest(c) <= lanes[lane]), None) or min(queue, key=earliest)
+            queue.remove(cell)
+            lanes[lane] = max(lanes[lane], earliest(cell)) + cost[cell.name]
+            if cell.kind == "pretrain":
+                ends[cell.method.pretraining] = lanes[lane]
         return max(lanes)
 
 
