@@ -293,7 +293,6 @@ def test_parallel_jobs_wait_for_their_pretraining(tmp_path, monkeypatch):
     import threading
     import time
 
-    from mdm_med.benchmark.runner import CellFailed
     from mdm_med.data.synthetic import generate_glas_demo
 
     profile = load_profile({"name": "t", "fractions": [0.1, 1.0], "seeds": [0], "methods": {
@@ -317,7 +316,7 @@ def test_parallel_jobs_wait_for_their_pretraining(tmp_path, monkeypatch):
             record = read_invocations(tmp_path / "out")[-1]
             assert not record["ended"] and record["jobs"] == 2 and record["elapsed_s"] >= 0.2
         if cell.name == "pretrain__b":
-            raise CellFailed("pretrain__b failed (exit 1)")
+            raise ValueError("an unexpected error")  # not a CellFailed: it still fails only its method
         return {"cell": cell.name, "wall_s": 1.0} if cell.kind == "pretrain" else \
             {"cell": cell.name, "seg_wall_s": 1.0, "dice": 0.5}
 
@@ -334,6 +333,7 @@ def test_parallel_jobs_wait_for_their_pretraining(tmp_path, monkeypatch):
             assert events.index(("end", "pretrain__a")) < events.index(("start", name))
     assert not any(name.startswith("b__") for name in order)
     assert sorted(summary["failed"]) == ["b__finetune__f0.1__s0", "b__finetune__f1__s0", "pretrain__b"]
+    assert summary["failed"]["pretrain__b"] == "pretrain__b failed: ValueError: an unexpected error"
     assert sorted(summary["ran"]) == sorted(c.name for c in cells if c.method.name != "b")
     assert len(ends) == len(order) == 6
     assert any("time left ~" in line for line in lines)

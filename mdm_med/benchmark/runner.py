@@ -858,7 +858,9 @@ class BenchmarkRunner:
                     cell = running.pop(future)
                     try:
                         result = future.result()
-                    except CellFailed as err:
+                    except Exception as err:  # noqa: BLE001 - any error fails its cell alone; Ctrl-C still stops
+                        if not isinstance(err, CellFailed):
+                            err = CellFailed(f"{cell.name} failed: {type(err).__name__}: {err}")
                         self.log(f"[benchmark] FAILED {err}")
                         failed[cell.name] = str(err).splitlines()[0]
                         if cell.kind == "pretrain":
