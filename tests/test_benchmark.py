@@ -225,6 +225,29 @@ def test_results_from_another_bundle_version_are_refused(tmp_path):
     assert nested == bundle_fingerprint(config, "segment", {"train": {**config["train"], "batch_size": 3}})
 
 
+def test_stopping_the_runner_kills_its_cells(tmp_path, monkeypatch):
+    """Ctrl-C (or SIGTERM, which the command line turns into it) in the runner kills the bundle processes it
+    started, so a restart never meets an orphaned cell still writing into its folder."""
+    import _thread
+    import os
+    import sys
+    import threading
+    import time
+
+    profile = load_profile({"name": "t", "fractions": [0.1], "seeds": [0], "methods": {"a": {"protocols": ["head"]}}})
+    runner = BenchmarkRunner(profile, tmp_path / "data", tmp_path / "out", log=lambda *a: None, jobs=2)
+    pid_file = tmp_path / "pid"
+    child = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
+    monkeypatch.setattr(runner, "command", lambda cell, ov: [sys.executable, "-c", child])
+    threading.Timer(2.0, _thread.interrupt_main).start()
+    start = time.time()
+    with pytest.raises(KeyboardInterrupt):
+        runner.run(plan_cells(profile)[:1])
+    assert time.time() - start < 20 and pid_file.is_file()
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(pid_file.read_text()), 0)  # killed and reaped, not left running
+
+
 def test_results_from_another_pretraining_are_refused(tmp_path):
     """A segmentation result names the pretraining it was trained from (settings + weights' sha256)."""
     from mdm_med.benchmark.runner import pretraining_id

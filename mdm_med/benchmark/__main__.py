@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import signal
 import sys
 
 import yaml
@@ -80,5 +81,11 @@ def _run(args, argv: list[str]) -> dict:
         verbose=args.verbose, jobs=args.jobs, command=shlex.join(["python", "-m", "mdm_med.benchmark", *argv]))
 
 
+def _stop_on_sigterm(signum, frame) -> None:
+    """``kill <pid>`` stops the benchmark as Ctrl-C does: its running cells are killed, finished ones kept."""
+    raise KeyboardInterrupt
+
+
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     sys.exit(main())

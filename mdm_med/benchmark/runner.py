@@ -553,6 +553,7 @@ class BenchmarkRunner:
         self.repo_root = Path(__file__).resolve().parents[2]
         self.bundle_config = resolved_config(self.bundle_dir / "configs" / "train.json", self.repo_root)
         self.bundle_run = self.bundle_config["run"]
+        self._procs: set[subprocess.Popen] = set()  # the bundle processes running now (killed if the runner stops)
 
     # paths --------------------------------------------------------------------------------------------------
     def pretrain_dir(self, method: Method) -> Path:
@@ -698,6 +699,7 @@ class BenchmarkRunner:
             with open(log_path, "a") as log, subprocess.Popen(
                     cmd, cwd=self.repo_root, env=env, stdout=None if self.verbose else log,
                     stderr=subprocess.STDOUT if not self.verbose else None) as proc:
+                self._procs.add(proc)
                 try:
                     while True:
                         try:
@@ -705,10 +707,12 @@ class BenchmarkRunner:
                             break
                         except subprocess.TimeoutExpired:
                             record_attempts(time.time() - start)
-                except BaseException:  # Ctrl-C or a crash of the runner: the cell does not outlive it
+                except BaseException:  # an error in this thread: the cell does not outlive it
                     proc.kill()
                     proc.wait()
                     raise
+                finally:
+                    self._procs.discard(proc)
         finally:
             wall = time.time() - start
             record_attempts(wall)
@@ -836,42 +840,48 @@ class BenchmarkRunner:
                      f"test Dice {done[cell.name]['dice']:.4f}")
         pending, running, started = list(todo), {}, {}
         with ThreadPoolExecutor(max_workers=self.jobs) as pool:
-            while pending or running:
-                while len(running) < self.jobs:
-                    cell = self._next_ready(pending, running.values(), broken, failed)
-                    if cell is None:
+            try:
+                while pending or running:
+                    while len(running) < self.jobs:
+                        cell = self._next_ready(pending, running.values(), broken, failed)
+                        if cell is None:
+                            break
+                        now = time.time()
+                        eta = self._eta([*running.values(), cell, *pending], done, cells, self.jobs,
+                                        {c.name: now - started[c.name] for c in running.values()})
+                        left = f"time left ~{_fmt_s(eta)}" if eta is not None else \
+                            "time left: known once a pretraining and a segmentation cell are done"
+                        self.log(f"[benchmark] {len(done) + len(failed) + len(running) + 1}/{len(cells)} {cell.name} "
+                                 f"starting ({left})")
+                        running[pool.submit(self._run_cell, cell, done)] = cell
+                        started[cell.name] = time.time()
+                    if not running:  # cannot happen (a pending pretraining is always ready); never drop cells silently
+                        failed.update({c.name: "never became ready to run" for c in pending})
                         break
-                    now = time.time()
-                    eta = self._eta([*running.values(), cell, *pending], done, cells, self.jobs,
-                                    {c.name: now - started[c.name] for c in running.values()})
-                    left = f"time left ~{_fmt_s(eta)}" if eta is not None else \
-                        "time left: known once a pretraining and a segmentation cell are done"
-                    self.log(f"[benchmark] {len(done) + len(failed) + len(running) + 1}/{len(cells)} {cell.name} "
-                             f"starting ({left})")
-                    running[pool.submit(self._run_cell, cell, done)] = cell
-                    started[cell.name] = time.time()
-                if not running:  # cannot happen (a pending pretraining is always ready); never drop cells silently
-                    failed.update({c.name: "never became ready to run" for c in pending})
-                    break
-                finished, _ = wait(running, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    cell = running.pop(future)
-                    try:
-                        result = future.result()
-                    except Exception as err:  # noqa: BLE001 - any error fails its cell alone; Ctrl-C still stops
-                        if not isinstance(err, CellFailed):
-                            err = CellFailed(f"{cell.name} failed: {type(err).__name__}: {err}")
-                        self.log(f"[benchmark] FAILED {err}")
-                        failed[cell.name] = str(err).splitlines()[0]
-                        if cell.kind == "pretrain":
-                            broken.add(cell.method.name)
-                        continue
-                    done[cell.name] = result
-                    ran.append(cell.name)
-                    wall = result.get("wall_s", result.get("seg_wall_s"))
-                    extra = f", test Dice {result['dice']:.4f}" if result.get("dice") is not None else ""
-                    self.log(f"[benchmark] {cell.name} done in {_fmt_s(wall)}{extra}")
-                invocation.write()
+                    finished, _ = wait(running, timeout=1.0, return_when=FIRST_COMPLETED)  # wakes for Ctrl-C
+                    for future in finished:
+                        cell = running.pop(future)
+                        try:
+                            result = future.result()
+                        except Exception as err:  # noqa: BLE001 - any error fails its cell alone; Ctrl-C still stops
+                            if not isinstance(err, CellFailed):
+                                err = CellFailed(f"{cell.name} failed: {type(err).__name__}: {err}")
+                            self.log(f"[benchmark] FAILED {err}")
+                            failed[cell.name] = str(err).splitlines()[0]
+                            if cell.kind == "pretrain":
+                                broken.add(cell.method.name)
+                            continue
+                        done[cell.name] = result
+                        ran.append(cell.name)
+                        wall = result.get("wall_s", result.get("seg_wall_s"))
+                        extra = f", test Dice {result['dice']:.4f}" if result.get("dice") is not None else ""
+                        self.log(f"[benchmark] {cell.name} done in {_fmt_s(wall)}{extra}")
+                    if finished:
+                        invocation.write()
+            except BaseException:  # Ctrl-C / SIGTERM reach this (main) thread: stop the cells, keep what finished
+                for proc in list(self._procs):
+                    proc.kill()
+                raise
 
     def _run_cell(self, cell: Cell, done: dict) -> dict:
         if cell.kind == "pretrain":
