@@ -68,37 +68,33 @@ def _messages(e: BaseException | None) -> list[str]:
     return chain
 
 
-def test_finished_pretraining_is_reused_only_with_its_settings(tmp_path, tiny_glas):
-    root = str(tmp_path / "bundle")
-    wf = workflow(["train.json", "pretrain.json"], bundle_root=root, dataset_dir=tiny_glas, **TINY)
+def _pretrain(root, data, **settings):
+    """Run the pretraining-only overlay with TINY updated by ``settings``."""
+    wf = workflow(["train.json", "pretrain.json"], bundle_root=root, dataset_dir=data, **{**TINY, **settings})
     wf.initialize()
     wf.run()
+
+
+def _pretrain_refused(root, data, **settings) -> list[str]:
+    """The error messages of a pretraining-only run that must fail."""
+    with pytest.raises(Exception) as err:
+        _pretrain(root, data, **settings)
+    return _messages(err.value)
+
+
+def test_finished_pretraining_is_reused_only_with_its_settings(tmp_path, tiny_glas):
+    root = str(tmp_path / "bundle")
+    _pretrain(root, tiny_glas)
     path = os.path.join(root, "runs", "glas", "pretrained.pt")
     record = os.path.join(root, "runs", "glas", "pretrain_config.json")
     first, recorded = os.path.getmtime(path), os.path.getmtime(record)
-    wf2 = workflow(["train.json", "pretrain.json"], bundle_root=root, dataset_dir=tiny_glas, **TINY)
-    wf2.initialize()
-    wf2.run()
+    _pretrain(root, tiny_glas)
     assert os.path.getmtime(path) == first  # finished pretraining is reused, not redone
     assert os.path.getmtime(record) == recorded  # and its record stays that of the run that made it
-    # a checkpoint from other data is refused instead of silently reused
-    other = workflow(["train.json", "pretrain.json"], bundle_root=root, dataset_dir=tiny_glas,
-                     pretrain_loss="mse", **TINY)
-    other.initialize()
-    with pytest.raises(Exception) as err:
-        other.run()
-    assert any("does not match" in m and "pretrain_loss" in m for m in _messages(err.value))
-    # ... or with another budget, so a short trial pretraining is never mistaken for the real one
-    longer = workflow(["train.json", "pretrain.json"], bundle_root=root, dataset_dir=tiny_glas,
-                      **{**TINY, "pretrain_iterations": 8})
-    longer.initialize()
-    with pytest.raises(Exception) as err:
-        longer.run()
-    assert any("does not match" in m and "pretrain_iterations" in m for m in _messages(err.value))
-    # the seed is not a pretraining setting: segmentation seeds share one pretraining
-    seeded = workflow(["train.json", "pretrain.json"], bundle_root=root, dataset_dir=tiny_glas, seed=1, **TINY)
-    seeded.initialize()
-    seeded.run()
+    # a checkpoint from other settings is refused instead of silently reused, a shorter trial budget included
+    for key, value in (("pretrain_loss", "mse"), ("pretrain_iterations", 8)):
+        assert any("does not match" in m and key in m for m in _pretrain_refused(root, tiny_glas, **{key: value}))
+    _pretrain(root, tiny_glas, seed=1)  # the seed is not a pretraining setting: segmentation seeds share one
     assert os.path.getmtime(path) == first
 
 
@@ -106,32 +102,19 @@ def test_pretraining_resumes_its_checkpoint_only_with_its_settings(tmp_path, tin
     import torch
 
     root = str(tmp_path / "bundle")
-    first = workflow(["train.json", "pretrain.json"], bundle_root=root, dataset_dir=tiny_glas, **TINY)
-    first.initialize()
-    first.run()
+    _pretrain(root, tiny_glas)
     pretrained = os.path.join(root, "runs", "glas", "pretrained.pt")
     os.remove(pretrained)  # as if stopped right after its last checkpoint (iteration 4)
     caplog.set_level("INFO", logger="mdm_med.handlers")
-    longer = workflow(["train.json", "pretrain.json"], bundle_root=root, dataset_dir=tiny_glas,
-                      **{**TINY, "pretrain_iterations": 8})
-    longer.initialize()
-    longer.run()  # the iteration count may grow: the run goes on from the checkpoint
+    _pretrain(root, tiny_glas, pretrain_iterations=8)  # the iteration count may grow: it goes on from there
     assert "iteration 4" in caplog.text and "resumed from" in caplog.text
     assert torch.load(pretrained, weights_only=False)["meta"]["iterations"] == 8
     os.remove(pretrained)
-    for change in ({"pretrain_iterations": 6}, {"epoch_length": 4}):  # shorter than the saved state, other epochs
-        again = workflow(["train.json", "pretrain.json"], bundle_root=root, dataset_dir=tiny_glas,
-                         **{**TINY, "pretrain_iterations": 8, **change})
-        again.initialize()
-        with pytest.raises(Exception) as err:
-            again.run()
-        assert any("cannot resume" in m and "iteration 8" in m for m in _messages(err.value))
-    other = workflow(["train.json", "pretrain.json"], bundle_root=root, dataset_dir=tiny_glas,
-                     **{**TINY, "pretrain_lr": 1e-2})
-    other.initialize()
-    with pytest.raises(Exception) as err:
-        other.run()  # another lr would mix two trainings in one set of weights
-    assert any("pretrain_checkpoint.pt" in m and "pretrain_lr" in m for m in _messages(err.value))
+    for change in ({"pretrain_iterations": 6}, {"pretrain_iterations": 8, "epoch_length": 4}):  # shorter, other epochs
+        assert any("cannot resume" in m and "iteration 8" in m for m in _pretrain_refused(root, tiny_glas, **change))
+    # another lr would mix two trainings in one set of weights
+    messages = _pretrain_refused(root, tiny_glas, pretrain_iterations=8, pretrain_lr=1e-2)
+    assert any("pretrain_checkpoint.pt" in m and "pretrain_lr" in m for m in messages)
 
 
 def test_no_validation_images_is_refused_before_pretraining(tmp_path, tiny_glas):
