@@ -15,11 +15,10 @@ import contextlib
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from mdm_med.io import atomic_write, swap_into_place
+from mdm_med.io import atomic_write, fill_folder_atomically
 
 __all__ = ["REPO_ROOT", "resolved_config", "export_bundle", "main"]
 
@@ -48,12 +47,8 @@ def export_bundle(bundle: str | os.PathLike, out: str | os.PathLike, repo_root: 
     if not (src / "configs" / "metadata.json").is_file():
         raise FileNotFoundError(f"{src} is not a bundle in the configs/ layout: configs/metadata.json is missing")
     _check_export_target(src, dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's folder is private
+
+    def fill(tmp: Path) -> None:
         for part in parts:
             s = src / part
             if s.is_dir():
@@ -64,11 +59,9 @@ def export_bundle(bundle: str | os.PathLike, out: str | os.PathLike, repo_root: 
             text = json.dumps(resolved_config(cfg, repo_root), indent=4) + "\n"
             target = tmp / "configs" / cfg.name
             target.unlink(missing_ok=True)  # a copied link would write through to the recipe
-            atomic_write(target, lambda t_path, t=text: Path(t_path).write_text(t))
-        swap_into_place(tmp, dst, lambda: False)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # gone already after a successful swap
-    return dst
+            atomic_write(target, lambda path, t=text: Path(path).write_text(t))
+
+    return fill_folder_atomically(dst, fill)
 
 
 def _check_export_target(src: Path, dst: Path) -> None:

@@ -9,7 +9,7 @@ import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-__all__ = ["atomic_write", "build_folder_atomically", "swap_into_place"]
+__all__ = ["atomic_write", "build_folder_atomically", "fill_folder_atomically"]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> str:
@@ -104,19 +104,34 @@ def build_folder_atomically(
     if _is_built(out_dir, params, expected_files, marker):
         return out_dir
     _check_replaceable(out_dir, params, expected_files, marker)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+
+    def fill_then_mark(tmp: Path) -> None:
         fill(tmp)
         # The marker goes last: a folder without it is never taken as complete.
         (tmp / marker).write_text(json.dumps(params, indent=2) + "\n")
-        swap_into_place(tmp, out_dir, lambda: _is_built(out_dir, params, expected_files, marker))
+
+    return fill_folder_atomically(out_dir, fill_then_mark, lambda: _is_built(out_dir, params, expected_files, marker))
+
+
+def fill_folder_atomically(out_dir: str | os.PathLike, fill: Callable[[Path], object],
+                           already_built: Callable[[], bool] = lambda: False) -> Path:
+    """``fill(tmp)`` a temporary sibling of ``out_dir`` (with the permissions of a plain new folder), then swap it
+    into place whole (``_swap_into_place``); the temporary folder is removed on any error. Returns ``out_dir``."""
+    out_dir = Path(out_dir).resolve()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's folder is private
+        fill(tmp)
+        _swap_into_place(tmp, out_dir, already_built)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # gone already after a successful swap
     return out_dir
 
 
-def swap_into_place(tmp: Path, out_dir: Path, already_built: Callable[[], bool]) -> None:
+def _swap_into_place(tmp: Path, out_dir: Path, already_built: Callable[[], bool]) -> None:
     """Rename ``tmp`` to ``out_dir``; an old ``out_dir`` is moved aside first (put back if the rename fails)."""
     aside = None
     if out_dir.exists():

@@ -790,7 +790,7 @@ class BenchmarkRunner:
         wall = self._subprocess(cell, ov, "evaluate_", track_attempts=False)
         result = {**result, **self._test_metrics(cell), "eval_wall_s": wall,
                   "evaluation_fingerprint": evaluation_fingerprint(self.bundle_config, ov),
-                  "settings_fingerprint": settings_fingerprint(self.overrides(cell)),
+                  "settings_fingerprint": settings_fingerprint(ov),  # "run" is not a setting
                   "evaluated_at": time.strftime("%Y-%m-%d %H:%M:%S")}
         write_json_atomic(result, self.result_path(cell))
         return result
