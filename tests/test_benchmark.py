@@ -157,6 +157,28 @@ def test_cell_overrides(tmp_path):
     assert fingerprint(moved) == fingerprint(scratch) != fingerprint(dict(scratch, seed=2))
 
 
+def test_profile_object_metrics_are_the_test_s_exact_set(tmp_path):
+    """``object_metrics`` lists the test's object metrics: [] turns off the bundle's defaults, no key keeps them; the
+    training fingerprint does not change (a test-only setting)."""
+    from monai.bundle import ConfigParser
+
+    def scored(**change):
+        profile = {**_profile_dict(CPU_PROFILE), **change}
+        profile = {k: v for k, v in profile.items() if v != "absent"}
+        p = load_profile(profile)
+        runner = BenchmarkRunner(p, tmp_path / "data", tmp_path / "out", log=lambda *a: None)
+        ov = runner.overrides(plan_cells(p, methods=["scratch"], fractions=[0.1], seeds=[0])[0])
+        (tmp_path / "ov.json").write_text(json.dumps(ov))
+        config = ConfigParser.load_config_files([str(BUNDLE / "configs" / "train.json"), str(tmp_path / "ov.json")])
+        return sorted(k.removeprefix("test_") for k in config["test_metrics"]), fingerprint(ov)
+
+    (names, fp), base = scored(), ["mean_iou", "paper_iou"]
+    assert names == sorted(base + ["object_f1", "object_dice"])
+    assert scored(object_metrics=[]) == (base, fp)
+    assert scored(object_metrics=["object_hausdorff"]) == (sorted(base + ["object_hausdorff"]), fp)
+    assert scored(object_metrics="absent")[0] == names  # the bundle's own: object F1 and Dice
+
+
 def test_pretraining_ignores_segmentation_settings(tmp_path):
     """A longer fine-tuning budget or another augmentation reuses the pretraining; a pretraining setting does not."""
     def pretrain_fp(**bundle_overrides):

@@ -163,7 +163,7 @@ class Profile:
     methods: dict[str, Method]
     bundle_overrides: dict = field(default_factory=dict)
     pretrain_seed: int = 0
-    object_metrics: tuple[str, ...] = ()
+    object_metrics: tuple[str, ...] | None = None  # the test's object metrics; None = the bundle's own
     source: str = ""
     bundle: str = "mdm_glas"  # the bundle the cells run: a folder name under bundles/, or a path
 
@@ -236,7 +236,8 @@ def load_profile(config: str | os.PathLike | dict, overrides: dict | None = None
         seeds=tuple(int(s) for s in config.get("seeds") or (0, 1, 2)),
         protocols=protocols, methods=methods, bundle_overrides=bundle_overrides,
         pretrain_seed=int(config.get("pretrain_seed", 0)),
-        object_metrics=tuple(config.get("object_metrics") or ()), source=source,
+        object_metrics=None if config.get("object_metrics") is None else tuple(config["object_metrics"]),
+        source=source,
         bundle=str(config.get("bundle") or "mdm_glas"))
     _check_profile(profile)
     return profile
@@ -254,7 +255,7 @@ def _check_profile(p: Profile) -> None:
     wrong = [x for x in p.protocols if x not in PROTOCOLS]
     if wrong:
         raise ValueError(f"unknown protocols {wrong}; use {sorted(PROTOCOLS)}")
-    wrong = [x for x in p.object_metrics if x not in OBJECT_METRICS]
+    wrong = [x for x in p.object_metrics or () if x not in OBJECT_METRICS]
     if wrong:
         raise ValueError(f"unknown object_metrics {wrong}; use {sorted(OBJECT_METRICS)}")
 
@@ -587,7 +588,13 @@ class BenchmarkRunner:
         if cell.timestep is not None:
             ov["seg_timestep"] = cell.timestep
         ov.update(common, label_fraction=cell.fraction, seed=cell.seed, output_dir=str(self.work_dir(cell)))
-        for name in self.profile.object_metrics:
+        if self.profile.object_metrics is not None:  # exactly these: drop the bundle's other object metrics
+            own = self.bundle_config.get("test_metrics") or {}
+            drop = [k for k, v in own.items() if isinstance(v, dict) and v.get("_target_") in OBJECT_METRICS.values()
+                    and k.removeprefix("test_") not in self.profile.object_metrics]
+            if drop:
+                ov["test_metrics"] = {k: v for k, v in own.items() if k not in drop}
+        for name in self.profile.object_metrics or ():
             ov[f"test_metrics#test_{name}"] = {
                 "_target_": OBJECT_METRICS[name],
                 "output_transform": "$monai.handlers.from_engine(['pred', 'gt_instance'])"}
@@ -994,7 +1001,7 @@ def run_benchmark(config: str | os.PathLike | dict, data_dir: str | os.PathLike,
         "elapsed_s": summary["elapsed_s"] if summary["ran"] or summary["rescored"] or summary["failed"] else None,
         "pretrain": summary["pretrain"], "failed": summary["failed"],
         "missing": missing, "methods": {m.name: m.label for m in profile.methods.values()},
-        "object_metrics": list(profile.object_metrics), "dataset": runner.bundle_config.get("dataset_name", ""),
+        "object_metrics": list(profile.object_metrics or ()), "dataset": runner.bundle_config.get("dataset_name", ""),
         "jobs": runner.jobs if summary["ran"] else None, "cell_threads": runner.cell_threads,  # this invocation's
         "invocations": read_invocations(runner.out),
     }
