@@ -94,6 +94,8 @@ def test_finished_pretraining_is_reused_only_with_its_settings(tmp_path, tiny_gl
     # a checkpoint from other settings is refused instead of silently reused, a shorter trial budget included
     for key, value in (("pretrain_loss", "mse"), ("pretrain_iterations", 8)):
         assert any("does not match" in m and key in m for m in _pretrain_refused(root, tiny_glas, **{key: value}))
+    # and so are weights pretrained on another image set (here: one with the test images)
+    assert any("pretrain_images" in m for m in _pretrain_refused(root, tiny_glas, pretrain_include_test=True))
     _pretrain(root, tiny_glas, seed=1)  # the seed is not a pretraining setting: segmentation seeds share one
     assert os.path.getmtime(path) == first
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["DEFAULT_FRACTIONS", "require_items", "pretraining_items", "natural_key", "label_fraction_counts",
+__all__ = ["DEFAULT_FRACTIONS", "require_items", "pretraining_items", "items_digest", "natural_key", "label_fraction_counts",
            "nested_label_subsets", "write_json_atomic", "labelled_subset", "resolve_dataset_dir", "split_datalist",
            "inference_items"]
 
@@ -115,6 +115,15 @@ def pretraining_items(datalist: dict, include_test: bool = False) -> list[dict]:
     if not items:
         raise ValueError("no images for pretraining: the datalist has no training or validation items")
     return items
+
+
+def items_digest(items: Sequence[dict]) -> str:
+    """``"<n> images, sha256 <16 hex>"`` of the items' sorted ids: names the image set (e.g. a pretraining set) in a
+    checkpoint's meta, so weights pretrained on another set (say, one holding this split's test images) are refused."""
+    import hashlib
+
+    ids = sorted(str(d["id"]) for d in items)
+    return f"{len(ids)} images, sha256 {hashlib.sha256(chr(10).join(ids).encode()).hexdigest()[:16]}"
 
 
 def resolve_dataset_dir(dataset_dir: str | os.PathLike | None, demo_dir: str | os.PathLike,
