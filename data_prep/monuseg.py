@@ -32,8 +32,10 @@ Label fractions: the training names in natural order (``img2`` before ``img10``)
 first ``N = max(1, int(f * n))`` names, so subsets are nested and deterministic (MoNuSeg:
 30 images -> 0.05: 1, 0.1: 3, 0.25: 7, 0.5: 15, 1: 30).  Keys are ``f"{f:g}"`` ("0.05", ..., "1").
 
-Each output file is written to a temporary name and moved into place with ``os.replace``; datalist.json is
-removed at the start and written last, so its presence marks a complete conversion.
+Each output file is written to a temporary name and moved into place with ``os.replace``. ``conversion_incomplete.txt``
+is written first and removed last, after datalist.json (removed at the start, written at the end): the library refuses
+a folder holding it (``mdm_med.data.monuseg``), so an interrupted or failed conversion is never trained on; rerun
+the command to finish it.
 
 Usage::
 
@@ -58,9 +60,11 @@ from tqdm import tqdm
 
 try:
     from mdm_med.data.datalist import natural_key, nested_label_subsets
+    from mdm_med.data.monuseg import INCOMPLETE_MARKER
 except ImportError:  # running from a source checkout without installing the package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from mdm_med.data.datalist import natural_key, nested_label_subsets
+    from mdm_med.data.monuseg import INCOMPLETE_MARKER
 
 __all__ = [
     "FRACTIONS",
@@ -323,6 +327,9 @@ def convert_monuseg(
     pairs = find_pairs(input_dir)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    marker = out / INCOMPLETE_MARKER
+    marker.write_text("data_prep/monuseg.py is converting into this folder, or was interrupted: rerun it before "
+                      "using the folder.\n")
     datalist_path = out / "datalist.json"
     if datalist_path.exists():  # a stale datalist must not mark an incomplete conversion as complete
         datalist_path.unlink()
@@ -357,6 +364,7 @@ def convert_monuseg(
                 bar.update(1)
     datalist["label_fractions"] = label_fraction_subsets([d["id"] for d in datalist["training"]], fractions)
     _atomic_write_json(datalist, datalist_path)
+    marker.unlink()
     return summary
 
 

@@ -9,7 +9,9 @@ dataset folder; multi-channel cases have ``"image": [channel 0, channel 1, ...]`
 ``to-nnunet``: export a MONAI datalist (image/label paths: NIfTI, NRRD or DICOM folders) to
 ``OUT_ROOT/DatasetXXX_Name`` with nnU-Net naming and ``dataset.json``. ``training`` + ``validation`` go to
 ``imagesTr``/``labelsTr`` (nnU-Net cross-validates itself; ``--fraction`` exports one label fraction instead) and
-``test`` to ``imagesTs`` (labels to ``labelsTs``, which nnU-Net ignores but evaluation scripts can use).
+``test`` to ``imagesTs`` (labels to ``labelsTs``, which nnU-Net ignores but evaluation scripts can use). The folder is
+built beside its target and moved into place when complete: an interrupted export leaves no half-written dataset
+(rerun it), and ``--overwrite`` replaces an existing folder only once the new one is complete.
 
 Examples:
   python data_prep/nnunet.py to-datalist /data/nnUNet_raw/Dataset002_Heart
@@ -35,9 +37,13 @@ from tqdm import tqdm
 
 try:
     from mdm_med.data import radiology
+    from mdm_med.data.datalist import write_json_atomic
+    from mdm_med.io import fill_folder_atomically
 except ImportError:  # running from a source checkout without installing the package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from mdm_med.data import radiology
+    from mdm_med.data.datalist import write_json_atomic
+    from mdm_med.io import fill_folder_atomically
 
 REQUIRED_KEYS = ("channel_names", "labels", "numTraining", "file_ending")
 _CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
@@ -46,6 +52,17 @@ _CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 # ----------------------------------------------------------------------------------------------
 # nnU-Net -> datalist
 # ----------------------------------------------------------------------------------------------
+
+
+def _read_json_object(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path``; malformed JSON or another type raises ``ValueError`` naming the file."""
+    try:
+        obj = json.loads(Path(path).read_text())
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise ValueError(f"{path} is not valid JSON: {e}") from e
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path} must hold a JSON object, got {type(obj).__name__}")
+    return obj
 
 
 def _visible_files(folder: Path) -> list[Path]:
@@ -91,7 +108,7 @@ def read_nnunet_dataset(
     meta_path = root / "dataset.json"
     if not meta_path.is_file():
         raise FileNotFoundError(f"nnU-Net dataset.json not found: {meta_path}")
-    meta = json.loads(meta_path.read_text())
+    meta = _read_json_object(meta_path)
     missing = [k for k in REQUIRED_KEYS if k not in meta]
     if missing:
         hint = (
@@ -307,11 +324,14 @@ def datalist_to_nnunet(
         fraction: export only the entries of ``train_sections`` whose ids are in ``label_fractions[f"{fraction:g}"]``.
         mode: ``"copy"``, ``"hardlink"`` or ``"symlink"`` for files already in ``file_ending`` format
             (others are converted to NIfTI, labels as uint8/int16), or ``"convert"`` to always rewrite.
+        overwrite: replace an existing non-empty folder (only once the new one is complete), else
+            ``FileExistsError``. The folder is filled beside its target and swapped in whole
+            (``mdm_med.io.fill_folder_atomically``), so an error or interruption leaves no half-written dataset.
     """
     json_dir = None
     if isinstance(datalist, (str, Path)):
         json_dir = Path(datalist).parent
-        datalist = json.loads(Path(datalist).read_text())
+        datalist = _read_json_object(Path(datalist))
     if base_dir is None:  # the converters store the dataset root as "source"
         source = datalist.get("source")
         base_dir = source if isinstance(source, str) and Path(source).is_dir() else json_dir
@@ -393,34 +413,35 @@ def datalist_to_nnunet(
         raise ValueError(f'labels must contain "background": 0, got {labels}')
 
     out = Path(out_root) / f"Dataset{int(dataset_id):03d}_{name}"
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"{out} exists and is not empty (use overwrite=True / --overwrite)")
-        shutil.rmtree(out)
-    for sub in ("imagesTr", "labelsTr") + (("imagesTs", "labelsTs") if test_entries else ()):
-        (out / sub).mkdir(parents=True, exist_ok=True)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise FileExistsError(f"{out} exists and is not empty (use overwrite=True / --overwrite)")
 
-    jobs = [(e, "Tr") for e in train_entries] + [(e, "Ts") for e in test_entries]
-    has_test_labels = False
-    for e, split in tqdm(jobs, desc="exporting", disable=not progress):
-        cid = entry_id(e)
-        for ch, src in enumerate(_paths(e["image"])):
-            _export_file(src, out / f"images{split}" / f"{cid}_{ch:04d}{file_ending}", file_ending, False, mode)
-        if e.get("label"):
-            has_test_labels |= split == "Ts"
-            _export_file(_paths(e["label"])[0], out / f"labels{split}" / f"{cid}{file_ending}", file_ending, True, mode)
-    if test_entries and not has_test_labels:
-        (out / "labelsTs").rmdir()
+    def fill(tmp: Path) -> None:
+        for sub in ("imagesTr", "labelsTr") + (("imagesTs", "labelsTs") if test_entries else ()):
+            (tmp / sub).mkdir()
+        jobs = [(e, "Tr") for e in train_entries] + [(e, "Ts") for e in test_entries]
+        has_test_labels = False
+        for e, split in tqdm(jobs, desc="exporting", disable=not progress):
+            cid = entry_id(e)
+            for ch, src in enumerate(_paths(e["image"])):
+                _export_file(src, tmp / f"images{split}" / f"{cid}_{ch:04d}{file_ending}", file_ending, False, mode)
+            if e.get("label"):
+                has_test_labels |= split == "Ts"
+                _export_file(_paths(e["label"])[0], tmp / f"labels{split}" / f"{cid}{file_ending}", file_ending, True,
+                             mode)
+        if test_entries and not has_test_labels:
+            (tmp / "labelsTs").rmdir()
+        dataset_json = {
+            "name": name,
+            "description": "exported from a MONAI datalist by mdm_med data_prep/nnunet.py",
+            "channel_names": channel_names,
+            "labels": labels,
+            "numTraining": len(train_entries),
+            "file_ending": file_ending,
+        }
+        write_json_atomic(dataset_json, tmp / "dataset.json")
 
-    dataset_json = {
-        "name": name,
-        "description": "exported from a MONAI datalist by mdm_med data_prep/nnunet.py",
-        "channel_names": channel_names,
-        "labels": labels,
-        "numTraining": len(train_entries),
-        "file_ending": file_ending,
-    }
-    (out / "dataset.json").write_text(json.dumps(dataset_json, indent=2) + "\n")
+    fill_folder_atomically(out, fill)
     return out
 
 
@@ -485,8 +506,7 @@ def main(argv: list[str] | None = None) -> int:
                 progress=True,
             )
             out = args.datalist_out or args.dataset_dir / "datalist.json"
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(datalist, indent=2) + "\n")
+            write_json_atomic(datalist, out)
             print(
                 f"training: {len(datalist['training'])}  validation: {len(datalist['validation'])}  "
                 f"test: {len(datalist['test'])}  unlabeled: {len(datalist['unlabeled'])}"

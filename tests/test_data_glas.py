@@ -5,7 +5,7 @@ from PIL import Image
 
 from mdm_med.data.datalist import inference_items, labelled_subset, nested_label_subsets, pretraining_items
 from mdm_med.data.glas import build_glas_datalist, resolve_glas_dir, scan_glas
-from mdm_med.data.transforms import LoadHistologyd, check_histology_files
+from mdm_med.data.transforms import LoadHistologyd, check_datalist_files, check_histology_files
 
 
 def _write(folder, name, size=(40, 30), mode="RGB", value=None):
@@ -92,6 +92,27 @@ def test_bad_files_named_before_compute(tmp_path):
         LoadHistologyd(keys=["image"], label_key=None)({"image": str(tmp_path / "train_6.png")})
     with pytest.raises(ValueError, match="empty"):
         check_histology_files([])
+
+
+def test_mask_channels_checked_before_compute(tmp_path):
+    """A colour test mask is refused by the pre-check, as LoadHistologyd refuses it, not first when testing."""
+    make_layout(tmp_path)
+    colour = np.zeros((30, 40, 3), np.uint8)
+    colour[5:15, 5:20], colour[20:25, 22:30] = (255, 0, 0), (0, 255, 0)
+    Image.fromarray(colour).save(tmp_path / "testA_2_anno.png")
+    grey = np.zeros((30, 40), np.uint8)
+    grey[5:15, 5:20] = 255
+    Image.fromarray(np.stack([grey] * 3, axis=-1)).save(tmp_path / "testA_3_anno.png")  # RGB, equal channels
+    dl = build_glas_datalist(tmp_path, num_val=2)
+    with pytest.raises(ValueError) as err:
+        check_datalist_files(dl)
+    msg = str(err.value)
+    assert "GlaS test: 1 problem" in msg and "testA_2_anno.png: mask has 3 different channels" in msg
+    with pytest.raises(ValueError, match="testA_2_anno.png: mask has 3 different channels"):
+        LoadHistologyd(keys=["image", "label", "instance"])(dl["test"][1])
+    equal = [d for d in dl["test"] if d["id"] == "testA_3"]
+    assert check_histology_files(equal) == 1  # accepted, as the loader accepts it
+    assert LoadHistologyd(keys=["image", "label", "instance"])(equal[0])["label"].shape == (1, 40, 30)
 
 
 def test_demo_fallback_is_announced(tmp_path, caplog):

@@ -181,6 +181,18 @@ def test_bad_instance_maps_named_before_training(tmp_path):
     assert "its instance" in msg and "instancesTs/img_ts1.png is (10, 9)" in msg
 
 
+def test_colour_instance_map_named_before_training(tmp_path):
+    """An RGB instance map (ids as colours) fails the pre-check, as it would fail LoadHistologyd at test time."""
+    from mdm_med.data.transforms import check_datalist_files
+
+    make_layout(tmp_path, n_train=6, n_test=2)
+    inst = np.asarray(Image.open(tmp_path / "instancesTs" / "img_ts2.png")).astype(np.int64)
+    colour = np.stack([inst * 37 % 256, inst * 91 % 256, inst * 53 % 256], axis=-1).astype(np.uint8)
+    Image.fromarray(colour).save(tmp_path / "instancesTs" / "img_ts2.png")
+    with pytest.raises(ValueError, match="instancesTs/img_ts2.png: instance map has 3 different channels"):
+        check_datalist_files(build_monuseg_datalist(tmp_path, num_val=2))
+
+
 def test_same_name_in_both_splits_rejected(tmp_path):
     make_layout(tmp_path, n_train=3, n_test=1)
     for kind in ("images", "labels", "instances"):

@@ -232,9 +232,122 @@ def test_corrupt_tiff_and_xml_named(tmp_path):
         monuseg.find_pairs(tmp_path / "nothing")
 
 
+def test_interrupted_conversion_refused_until_rerun(tmp_path):
+    """A half-written output (1 of 2 test images, no datalist.json) is never taken as a dataset."""
+    from mdm_med.data.monuseg import build_monuseg_datalist, has_monuseg_layout, resolve_monuseg_dir
+
+    root, out = tmp_path / "in", tmp_path / "out"
+    _make_layout(root, np.random.default_rng(4))
+    Image.fromarray(np.zeros((H, W, 3), np.uint8)).save(root / "MoNuSegTestData" / "t2.tif")
+    (root / "MoNuSegTestData" / "t2.xml").write_text("<Annotations><Region>")  # fails after t1 is written
+    with pytest.raises(monuseg.ConversionError, match="t2.xml"):
+        monuseg.convert_monuseg(root, out, progress=False)
+    assert (out / "imagesTs" / "t1.png").is_file() and not (out / "datalist.json").exists()
+    unfinished = r"out is not a MoNuSeg layout: its conversion did not finish.*rerun python data_prep/monuseg.py"
+    with pytest.raises(FileNotFoundError, match=unfinished):
+        build_monuseg_datalist(out, num_val=1)
+    with pytest.raises(FileNotFoundError, match=unfinished):
+        resolve_monuseg_dir(str(out), tmp_path / "demo")
+    assert not has_monuseg_layout(out)
+
+    (root / "MoNuSegTestData" / "t2.xml").write_text(_xml([]))
+    monuseg.convert_monuseg(root, out, progress=False)  # the rerun finishes it
+    assert not (out / "conversion_incomplete.txt").exists()
+    assert [d["id"] for d in build_monuseg_datalist(out, num_val=1)["test"]] == ["t1", "t2"]
+
+    for kind in ("images", "labels", "instances"):  # files that no longer match the conversion's datalist.json
+        (out / f"{kind}Ts" / "t2.png").rename(out / f"{kind}Ts" / "t3.png")
+    with pytest.raises(ValueError) as err:
+        build_monuseg_datalist(out, num_val=1)
+    msg = str(err.value)
+    assert "datalist.json lists test image 't2' but imagesTs/t2.png is missing" in msg
+    assert "imagesTs/t3.png is not in the test list of datalist.json" in msg and "rerun python data_prep" in msg
+
+
 def test_cli_help():
     res = subprocess.run(
         [sys.executable, str(MODULE_PATH), "--help"], check=False, capture_output=True, text=True, timeout=60
     )
     assert res.returncode == 0
     assert "--input" in res.stdout and "--output" in res.stdout
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# data_prep/nnunet.py: atomic export and named JSON errors (its other tests are in test_radiology.py)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def nnunet():
+    spec = importlib.util.spec_from_file_location("data_prep_nnunet", MODULE_PATH.parent / "nnunet.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _nifti_datalist(base: Path, n: int = 3) -> dict:
+    """``n`` one-channel cases of tiny NIfTI images and labels under ``base``."""
+    import nibabel as nib
+
+    base.mkdir(parents=True)
+    entries = []
+    for i in range(n):
+        for kind in ("img", "seg"):
+            nib.save(nib.Nifti1Image(np.full((4, 4, 2), i, np.uint8), np.eye(4)), str(base / f"{kind}{i}.nii.gz"))
+        entries.append({"id": f"case{i}", "image": f"img{i}.nii.gz", "label": f"seg{i}.nii.gz"})
+    return {"training": entries, "dataset": {"channel_names": {"0": "CT"}, "labels": {"background": 0, "a": 1}}}
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_nnunet_export_is_atomic(tmp_path, nnunet, monkeypatch):
+    """An export that fails half-way leaves nothing (a rerun works); a failed --overwrite keeps the old folder."""
+    base, raw = tmp_path / "src", tmp_path / "raw"
+    dl = _nifti_datalist(base)
+    real, calls = nnunet._export_file, []
+
+    def fail_on_fourth(*args):
+        calls.append(args)
+        if len(calls) == 4:
+            raise OSError("No space left on device")
+        return real(*args)
+
+    monkeypatch.setattr(nnunet, "_export_file", fail_on_fourth)
+    with pytest.raises(OSError, match="No space"):
+        nnunet.datalist_to_nnunet(dl, raw, 5, "Toy", base_dir=base)
+    assert list(raw.iterdir()) == []  # no half-written Dataset005_Toy, no temporary folder
+    monkeypatch.setattr(nnunet, "_export_file", real)
+    folder = nnunet.datalist_to_nnunet(dl, raw, 5, "Toy", base_dir=base)  # the rerun is not refused
+    before = _tree(folder)
+    assert json.loads(before["dataset.json"])["numTraining"] == 3 and "labelsTr/case2.nii.gz" in before
+
+    calls.clear()
+    monkeypatch.setattr(nnunet, "_export_file", fail_on_fourth)
+    with pytest.raises(OSError, match="No space"):
+        nnunet.datalist_to_nnunet({**dl, "training": dl["training"][:2]}, raw, 5, "Toy", base_dir=base, overwrite=True)
+    assert _tree(folder) == before and [p.name for p in raw.iterdir()] == ["Dataset005_Toy"]
+    monkeypatch.setattr(nnunet, "_export_file", real)
+    nnunet.datalist_to_nnunet({**dl, "training": dl["training"][:2]}, raw, 5, "Toy", base_dir=base, overwrite=True)
+    assert json.loads((folder / "dataset.json").read_text())["numTraining"] == 2
+    assert not (folder / "labelsTr" / "case2.nii.gz").exists()
+
+
+def test_nnunet_malformed_json_named(tmp_path, nnunet, capsys):
+    base = tmp_path / "src"
+    folder = nnunet.datalist_to_nnunet(_nifti_datalist(base), tmp_path / "raw", 6, "Toy", base_dir=base)
+    (folder / "dataset.json").write_text('{"name": "Toy",')  # truncated
+    with pytest.raises(ValueError, match=r"Dataset006_Toy/dataset.json is not valid JSON"):
+        nnunet.nnunet_to_datalist(folder)
+    assert nnunet.main(["to-datalist", str(folder)]) == 1
+    assert "Dataset006_Toy/dataset.json is not valid JSON" in capsys.readouterr().err
+    assert not (folder / "datalist.json").exists()
+    (folder / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"}, "labels": {"background": 0, "a": 1},
+                                                     "numTraining": 3, "file_ending": ".nii.gz"}))
+    assert nnunet.main(["to-datalist", str(folder), "--val-frac", "0", "--test-frac", "0"]) == 0
+    assert len(json.loads((folder / "datalist.json").read_text())["training"]) == 3
+    assert not [p.name for p in folder.iterdir() if p.name.startswith(".")]  # no temporary file left
+    (base / "list.json").write_text("[]")
+    with pytest.raises(ValueError, match=r"list.json must hold a JSON object"):
+        nnunet.datalist_to_nnunet(base / "list.json", tmp_path / "raw", 7, "Toy")

@@ -121,7 +121,8 @@ def _data_checks() -> dict:
 
     return {"glas": (has_glas_images, "GlaS images (train_N.png/bmp + train_N_anno.*)"),
             "hippocampus": (has_decathlon_images, "Decathlon volumes (imagesTr/*.nii.gz + labelsTr/*.nii.gz)"),
-            "monuseg": (has_monuseg_layout, "the MoNuSeg layout ({images,labels,instances}{Tr,Ts}/*.png)")}
+            "monuseg": (has_monuseg_layout, "finished MoNuSeg layout ({images,labels,instances}{Tr,Ts}/*.png, no "
+                                           "conversion_incomplete.txt)")}
 
 
 def check_data_dir(dataset_name: str, data_dir: str | os.PathLike) -> None:

@@ -10,7 +10,7 @@ become RGB with the Beer-Lambert model of :mod:`mdm_med.data.synthetic`, followe
     labelsTr/NAME.png     uint8 (H, W), 0 background / 255 nucleus
     instancesTr/NAME.png  uint16 (H, W), 0 background, ids 1..N (one per nucleus; touching nuclei differ)
     imagesTs/, labelsTs/, instancesTs/   the same for the test split
-    datalist.json         relative paths, as data_prep writes it (the scanner does not read it)
+    datalist.json         relative paths, as data_prep writes it (the scanner checks it names exactly these files)
     demo.json             generator parameters (completeness marker, written last)
 """
 

@@ -161,34 +161,56 @@ def _exists(path) -> bool:
     return os.path.exists(path)
 
 
+# PIL modes of one unsigned integer band: such a mask always passes LoadHistologyd's mask rules.
+_PLAIN_MASK_MODES = ("1", "L", "P", "I;16", "I;16L", "I;16B", "I;16N")
+
+
+def _mask_rule_problem(path, key: str) -> str | None:
+    """Load the mask ``path`` as ``LoadHistologyd`` loads ``key`` (``"instance"``: instance map, else label) and
+    return its error (one channel, no NaN, integer ids >= 0), or None."""
+    loader = LoadHistologyd(keys=[key], label_key=None if key == "instance" else key)
+    try:
+        loader({key: path})
+    except ValueError as err:
+        return str(err)
+    return None
+
+
 def check_histology_files(items: Sequence[dict], what: str = "dataset", image_key: str = "image",
                           mask_keys: Sequence[str] = ("label", "instance")) -> int:
     """Open every image (and mask / instance map) header before any compute: missing or corrupt files, non-RGB
-    images and image/mask size mismatches are reported together in one ``ValueError``. Returns the number of
-    items."""
+    images, masks that ``LoadHistologyd`` would refuse (e.g. an RGB mask with different channels; multi-band or
+    32-bit/float masks are loaded to check) and image/mask size mismatches are reported together in one
+    ``ValueError``. Returns the number of items."""
     from PIL import Image
 
     if not items:
         raise ValueError(f"{what} is empty")
     problems = []
     for item in items:
-        sizes, seen = {}, set()
+        sizes, modes, refused = {}, {}, set()
         for key in (image_key, *mask_keys):
-            if key not in item or item[key] in seen:  # GlaS: label and instance are one file, checked once
+            if key not in item:
                 continue
             path = item[key]
-            seen.add(path)
-            try:
-                with Image.open(path) as im:
-                    im.verify()
-                with Image.open(path) as im:
-                    sizes[key] = im.size
-                    if key == image_key and im.mode not in ("RGB", "RGBA"):
-                        problems.append(f"{path}: image mode {im.mode}, expected RGB")
-            except FileNotFoundError:
-                problems.append(f"{path}: file not found")
-            except Exception as err:  # noqa: BLE001 - collected with the file name
-                problems.append(f"{path}: cannot read ({err})")
+            if path not in modes:  # GlaS: label and instance are one file, opened once
+                modes[path] = None
+                try:
+                    with Image.open(path) as im:
+                        im.verify()
+                    with Image.open(path) as im:
+                        sizes[key], modes[path] = im.size, im.mode
+                        if key == image_key and im.mode not in ("RGB", "RGBA"):
+                            problems.append(f"{path}: image mode {im.mode}, expected RGB")
+                except FileNotFoundError:
+                    problems.append(f"{path}: file not found")
+                except Exception as err:  # noqa: BLE001 - collected with the file name
+                    problems.append(f"{path}: cannot read ({err})")
+            if key != image_key and path not in refused and modes[path] not in (None, *_PLAIN_MASK_MODES):
+                problem = _mask_rule_problem(path, key)
+                if problem:
+                    problems.append(problem)
+                    refused.add(path)
         for key in mask_keys:
             if image_key in sizes and key in sizes and sizes[image_key] != sizes[key]:
                 problems.append(f"{item[image_key]} is {sizes[image_key]} but its {key} {item[key]} is "
