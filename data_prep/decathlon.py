@@ -16,17 +16,18 @@ Example: ``python data_prep/decathlon.py /data/Task02_Heart --datalist-out /data
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
 from typing import Any
 
 try:
+    from mdm_med.data.datalist import write_json_atomic
     from mdm_med.data.decathlon import build_decathlon_datalist
     from mdm_med.data.radiology import DEFAULT_LABEL_FRACTIONS
 except ImportError:  # running from a source checkout without installing the package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from mdm_med.data.datalist import write_json_atomic
     from mdm_med.data.decathlon import build_decathlon_datalist
     from mdm_med.data.radiology import DEFAULT_LABEL_FRACTIONS
 
@@ -83,8 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     out = args.datalist_out or args.root / "datalist.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(datalist, indent=2) + "\n")
+    write_json_atomic(datalist, out)
     print(summary(datalist))
     print(f"wrote {out} (paths relative to {args.root})")
     return 0

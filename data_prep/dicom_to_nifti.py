@@ -11,7 +11,9 @@ Example: ``python data_prep/dicom_to_nifti.py /data/dicom /data/nifti --dtype in
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,8 @@ except ImportError:  # running from a source checkout without installing the pac
 
 
 def save_nifti(volume: np.ndarray, affine: np.ndarray, path: str | Path, dtype: str = "float32") -> Path:
-    """Write a ``(X, Y, Z)`` volume with its RAS affine (sform and qform set, scanner space)."""
+    """Write a ``(X, Y, Z)`` volume with its RAS affine (sform and qform set, scanner space), atomically: a
+    temporary file in the same folder is renamed into place, so an interrupted run never leaves a partial file."""
     if dtype == "int16":
         info = np.iinfo(np.int16)
         if volume.min() < info.min or volume.max() > info.max:
@@ -43,7 +46,17 @@ def save_nifti(volume: np.ndarray, affine: np.ndarray, path: str | Path, dtype: 
     img.set_qform(affine, code=1)
     img.header.set_xyzt_units("mm", "sec")
     path = Path(path)
-    nib.save(img, str(path))
+    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix  # nibabel picks the format from it
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp_", suffix=suffix)
+    os.close(fd)
+    try:
+        nib.save(img, tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
     return path
 
 

@@ -13,7 +13,12 @@ import pytest
 from scipy import ndimage
 
 from mdm_med.data.datalist import labelled_subset
-from mdm_med.data.decathlon import build_decathlon_datalist, has_decathlon_images, resolve_decathlon_dir
+from mdm_med.data.decathlon import (
+    build_decathlon_datalist,
+    check_decathlon_files,
+    has_decathlon_images,
+    resolve_decathlon_dir,
+)
 from mdm_med.data.synthetic_volumes import MARKER_NAME, generate_hippocampus_demo
 
 
@@ -125,3 +130,95 @@ def test_resolve_dir(demo, tmp_path, caplog):
     assert is_demo and Path(folder) == (tmp_path / "demo").resolve() and has_decathlon_images(folder)
     assert "SYNTHETIC" in caplog.text
     assert resolve_decathlon_dir(None, tmp_path / "demo", num_cases=2, shape=(24, 32, 24)) == (folder, True)
+
+
+def _small_task(tmp_path: Path) -> Path:
+    return generate_hippocampus_demo(tmp_path / "Task04", num_cases=6, shape=(24, 32, 24))
+
+
+def _edit_nifti(path: Path, edit, dtype=None) -> None:
+    """Rewrite ``path`` with ``edit(array)`` (same affine)."""
+    img = nib.load(path)
+    data = np.asarray(img.dataobj).astype(dtype or img.get_data_dtype())
+    nib.save(nib.Nifti1Image(edit(data), img.affine), path)
+
+
+def test_duplicate_case_files_and_bad_dataset_json(tmp_path):
+    root = _small_task(tmp_path)
+    gz = root / "imagesTr" / "hippocampus_003.nii.gz"
+    nib.save(nib.load(gz), root / "imagesTr" / "hippocampus_003.nii")
+    with pytest.raises(ValueError, match="hippocampus_003") as info:
+        build_decathlon_datalist(root)
+    assert str(root / "imagesTr" / "hippocampus_003.nii ") in str(info.value) and str(gz) in str(info.value)
+    (root / "imagesTr" / "hippocampus_003.nii").unlink()
+    (root / "dataset.json").write_text('{"name": "Hippocampus",')
+    with pytest.raises(ValueError, match=r"dataset\.json is not valid JSON"):
+        build_decathlon_datalist(root)
+
+
+def test_flipped_label_affine_is_an_error(tmp_path):
+    root = _small_task(tmp_path)
+    lab_p = root / "labelsTr" / "hippocampus_002.nii.gz"
+    lab = nib.load(lab_p)
+    nib.save(nib.Nifti1Image(np.asarray(lab.dataobj), np.diag([-1.0, 1.0, 1.0, 1.0])), lab_p)
+    with pytest.raises(ValueError, match=r"affine mismatch .*imagesTr/hippocampus_002.nii.gz vs labelsTr/hippo"):
+        build_decathlon_datalist(root)
+    dl = build_decathlon_datalist(root, check_shapes=False)
+    with pytest.raises(ValueError, match=r"affine mismatch: 'image' \S+hippocampus_002.nii.gz and 'label' \S+labelsTr"):
+        check_decathlon_files(dl)
+
+
+def test_check_files_reads_every_voxel(tmp_path):
+    """Defects a header check misses: each is named with its file, all in one error, before any compute."""
+    root = _small_task(tmp_path)
+    dl = build_decathlon_datalist(root)
+    assert check_decathlon_files(dl, in_channels=1, num_classes=3) is dl  # a clean set passes
+    images, labels = root / "imagesTr", root / "labelsTr"
+
+    def seven(a):
+        a[0, 0, 0] = 7
+        return a
+
+    def half(a):
+        a[0, 0, 0] = 0.5
+        return a
+
+    def nan(a):
+        a[1, 1, 1] = np.nan
+        return a
+
+    _edit_nifti(labels / "hippocampus_001.nii.gz", seven)
+    _edit_nifti(labels / "hippocampus_002.nii.gz", half, np.float32)
+    data = (images / "hippocampus_003.nii.gz").read_bytes()
+    (images / "hippocampus_003.nii.gz").write_bytes(data[: len(data) // 2])  # truncated: header still readable
+    _edit_nifti(images / "hippocampus_004.nii.gz", lambda a: np.stack([a, a], axis=-1))  # 2 channels
+    _edit_nifti(images / "hippocampus_005.nii.gz", nan)
+    dl = build_decathlon_datalist(root)  # every header is fine
+    with pytest.raises(ValueError) as info:
+        check_decathlon_files(dl, in_channels=1, num_classes=3)
+    msg = str(info.value)
+    assert f"label {labels / 'hippocampus_001.nii.gz'} holds value(s) 7; expected class indices 0..2" in msg
+    assert f"label {labels / 'hippocampus_002.nii.gz'} holds value(s) 0.5" in msg
+    assert f"cannot read {images / 'hippocampus_003.nii.gz'}: EOFError" in msg
+    assert f"{images / 'hippocampus_004.nii.gz'} has 2 channel(s), expected in_channels=1" in msg
+    assert f"{images / 'hippocampus_005.nii.gz'} contains 1 NaN" in msg
+    with pytest.raises(ValueError, match=r"num_classes=4 but dataset.json .* lists label values \[0, 1, 2\]"):
+        check_decathlon_files(dl, num_classes=4)
+    rel = build_decathlon_datalist(root, absolute=False)  # relative paths are read from "source"
+    with pytest.raises(ValueError, match="hippocampus_001.nii.gz holds value"):
+        check_decathlon_files(rel)
+
+
+def test_bundle_checks_every_file_before_compute(tmp_path, monkeypatch):
+    """mdm_hippocampus resolves its datalist through check_decathlon_files (in_channels, num_classes)."""
+    from monai.bundle import ConfigParser
+
+    root = _small_task(tmp_path)
+    _edit_nifti(root / "labelsTr" / "hippocampus_006.nii.gz", lambda a: a + 3)  # values 3..5 for 3 classes
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])  # the recipe macros resolve from the repository root
+    parser = ConfigParser()
+    parser.read_config("bundles/mdm_hippocampus/configs/train.json")
+    parser["dataset_dir"] = str(root)
+    with pytest.raises(RuntimeError) as info:
+        parser.get_parsed_content("datalist")
+    assert "labelsTr/hippocampus_006.nii.gz holds value(s) 3, 4, 5" in str(info.value.__cause__)

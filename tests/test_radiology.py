@@ -23,10 +23,12 @@ from mdm_med.data.datalist import labelled_subset, pretraining_items
 from mdm_med.data.radiology import (
     LPS_TO_RAS,
     LoadRadiologyd,
+    check_radiology_files,
     load_dicom_series,
     load_nrrd,
     make_split_datalist,
     radiology_preprocessing,
+    split_cases,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -163,6 +165,60 @@ def test_load_errors(tmp_path):
     (tmp_path / "x.mhd").write_text("x")
     with pytest.raises(ValueError, match="unsupported image format"):
         LoadRadiologyd(keys="image")({"image": tmp_path / "x.mhd"})
+
+
+def test_label_values_checked(tmp_path):
+    img_p = _save_nifti(tmp_path / "img.nii.gz", np.zeros((4, 5, 6), np.float32), np.eye(4))
+    label = np.zeros((4, 5, 6), np.uint8)
+    label[1, 1, 1] = 7
+    seven_p = _save_nifti(tmp_path / "seven.nii.gz", label, np.eye(4))
+    half_p = _save_nifti(tmp_path / "half.nii.gz", label.astype(np.float32) / 14, np.eye(4))
+    ok = {"image": img_p, "label": seven_p}
+    assert LoadRadiologyd(keys=("image", "label"), num_classes=8)(ok)["label"].max() == 7
+    with pytest.raises(ValueError, match=r"seven\.nii\.gz holds value\(s\) 7; expected class indices 0\.\.2"):
+        LoadRadiologyd(keys=("image", "label"), num_classes=3)(ok)
+    with pytest.raises(RuntimeError) as info:  # Compose wraps the error, the cause names the file
+        radiology_preprocessing(modality="MR", target_spacing=None, num_classes=3)(ok)
+    assert "seven.nii.gz holds value(s) 7" in str(info.value.__cause__)
+    with pytest.raises(ValueError, match=r"half\.nii\.gz holds value\(s\) 0\.5; expected class indices integers"):
+        LoadRadiologyd(keys=("image", "label"))({"image": img_p, "label": half_p})  # not silently cut to 0
+    with pytest.raises(RuntimeError) as info:
+        radiology_preprocessing(keys=("image", "mask"), modality="MR", target_spacing=None)(
+            {"image": img_p, "mask": half_p}
+        )
+    assert "half.nii.gz holds value(s) 0.5" in str(info.value.__cause__)
+
+
+def test_affine_mismatch_is_an_error(tmp_path):
+    img_p = _save_nifti(tmp_path / "img.nii.gz", np.zeros((4, 5, 6), np.float32), np.eye(4))
+    flipped = _save_nifti(tmp_path / "flipped.nii.gz", np.zeros((4, 5, 6), np.uint8), np.diag([-1.0, 1, 1, 1]))
+    close = _save_nifti(tmp_path / "close.nii.gz", np.zeros((4, 5, 6), np.uint8), np.eye(4) + 1e-5)
+    LoadRadiologyd(keys=("image", "label"))({"image": img_p, "label": close})  # within the tolerance
+    with pytest.raises(ValueError, match=r"affine mismatch: 'image' \S*img\.nii\.gz and 'label' \S*flipped\.nii\.gz"):
+        LoadRadiologyd(keys=("image", "label"))({"image": img_p, "label": flipped})
+
+
+def test_unreadable_file_and_channels_named(tmp_path):
+    img_p = _save_nifti(tmp_path / "img.nii.gz", np.random.default_rng(0).random((8, 8, 8), np.float32), np.eye(4))
+    data = img_p.read_bytes()
+    cut = tmp_path / "cut.nii.gz"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"'image': cannot read \S*cut\.nii\.gz: EOFError"):
+        LoadRadiologyd(keys="image")({"image": cut})
+    two_p = _save_nifti(tmp_path / "two.nii.gz", np.zeros((4, 5, 6, 2), np.float32), np.eye(4))
+    assert (
+        LoadRadiologyd(keys="image", in_channels=2, ensure_channel_first=True)({"image": two_p})["image"].shape[0] == 2
+    )
+    with pytest.raises(ValueError, match=r"two\.nii\.gz has 2 channel\(s\), expected in_channels=1"):
+        LoadRadiologyd(keys="image", in_channels=1)({"image": two_p})
+    lab_p = _save_nifti(tmp_path / "lab.nii.gz", np.zeros((4, 5, 6), np.uint8), np.eye(4))
+    items = [{"image": str(cut)}, {"image": str(two_p), "label": str(lab_p)}, {"image": str(tmp_path / "gone.nii")}]
+    with pytest.raises(ValueError) as info:
+        check_radiology_files(items, what="toy", in_channels=1)
+    msg = str(info.value)
+    assert msg.startswith("toy: 3 problem(s)") and "cut.nii.gz" in msg and "two.nii.gz" in msg and "gone.nii" in msg
+    with pytest.raises(ValueError, match="toy is empty"):
+        check_radiology_files([], what="toy")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -353,6 +409,51 @@ def test_dicom_to_nifti_converter(tmp_path):
     assert nib.load(tmp_path / "out" / "mixed_s7.nii.gz").get_data_dtype() == np.int16
 
 
+def test_corrupt_or_missing_dicom_slice_is_an_error(tmp_path):
+    conv = _script("dicom_to_nifti")
+    src = tmp_path / "dicom"
+    _write_series(src / "empty_slice")
+    (src / "empty_slice" / "img_1.dcm").write_bytes(b"")  # 0-byte file among the slices
+    _write_series(src / "cut_header")
+    data = (src / "cut_header" / "img_4.dcm").read_bytes()
+    (src / "cut_header" / "img_4.dcm").write_bytes(data[:300])  # header cut before Rows / Columns
+    _write_series(src / "gap")
+    (src / "gap" / "img_4.dcm").unlink()  # slice k = 2 missing: gaps 2.5, 5, 2.5 mm
+    _write_series(src / "good")
+    with pytest.raises(ValueError, match=r"corrupt DICOM file\(s\) in \S*empty_slice: img_1\.dcm"):
+        load_dicom_series(src / "empty_slice")
+    with pytest.raises(ValueError, match=r"corrupt DICOM file\(s\) in \S*cut_header: img_4\.dcm"):
+        load_dicom_series(src / "cut_header")
+    with pytest.raises(
+        ValueError, match=r"non-uniform slice spacing in \S*gap .*: 5 mm between img_0.dcm and img_1.dcm"
+    ):
+        load_dicom_series(src / "gap")
+    records = {r["name"]: r for r in conv.convert(src, tmp_path / "out")}
+    assert records["good"]["error"] is None
+    assert "img_1.dcm" in records["empty_slice"]["error"] and "img_4.dcm" in records["cut_header"]["error"]
+    assert "non-uniform slice spacing" in records["gap"]["error"]
+    assert {p.name for p in (tmp_path / "out").iterdir()} == {"good.nii.gz"}
+    assert conv.main([str(src), str(tmp_path / "out2")]) == 1
+
+
+def test_dicom_to_nifti_writes_atomically(tmp_path, monkeypatch):
+    conv = _script("dicom_to_nifti")
+    _write_series(tmp_path / "dicom" / "patA")
+    real_save = nib.save
+
+    def interrupted(img, path):  # writes half a file, then dies (disk full, kill)
+        Path(path).write_bytes(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(nib, "save", interrupted)
+    records = conv.convert(tmp_path / "dicom", tmp_path / "out")
+    assert "disk full" in records[0]["error"]
+    assert not list((tmp_path / "out").iterdir())  # no truncated output, no temporary file
+    monkeypatch.setattr(nib, "save", real_save)
+    records = conv.convert(tmp_path / "dicom", tmp_path / "out")  # the rerun converts it (nothing to overwrite)
+    assert records[0]["error"] is None and [p.name for p in (tmp_path / "out").iterdir()] == ["patA.nii.gz"]
+
+
 # ------------------------------------------------------------------------------------------------
 # Decathlon converter
 # ------------------------------------------------------------------------------------------------
@@ -436,6 +537,26 @@ def test_decathlon_problems_listed(tmp_path, decathlon, capsys):
     assert "dataset.json lists missing file: ./labelsTr/la_005.nii.gz" in msg
     assert decathlon.main([str(root)]) == 1
     assert "la_003" in capsys.readouterr().err
+
+
+def test_split_ties_broken_by_full_name():
+    """``case1`` / ``case01`` (and the same base name in two folders) tie in natural order: the full name decides,
+    so the split does not depend on set order (``PYTHONHASHSEED``) or the input order."""
+    names = [f"{d}/c{'0' * z}{i}" for i in range(12) for z in range(3) for d in ("a", "b")]
+    train, val, test = split_cases(names, val_frac=0.0, test_frac=0.0)
+    assert train == sorted(names, key=lambda n: (int(n.split("/c")[1]), n)) and not val and not test
+    split = split_cases(names, seed=3)
+    assert split == split_cases(names[::-1], seed=3) == split_cases(sorted(names), seed=3)
+
+
+def test_decathlon_writes_datalist_atomically(tmp_path, decathlon, monkeypatch):
+    root = _fake_msd(tmp_path / "Task")
+    writes = []
+    real = decathlon.write_json_atomic
+    monkeypatch.setattr(decathlon, "write_json_atomic", lambda obj, path: writes.append(path) or real(obj, path))
+    assert decathlon.main([str(root)]) == 0
+    assert writes == [root / "datalist.json"] and json.loads((root / "datalist.json").read_text())["training"]
+    assert not [p for p in root.iterdir() if p.name.startswith(".tmp")]
 
 
 def test_split_helper_edge_cases():

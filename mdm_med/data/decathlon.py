@@ -8,6 +8,7 @@ Decathlon test labels are not public, so ``validation`` and ``test`` are carved 
 ``label_fractions`` holds nested prefixes of the training list (natural order), as id lists keyed ``f"{f:g}"``
 ("0.05" ... "1"; read them with ``mdm_med.data.datalist.labelled_subset``); every entry has an ``id``;
 ``unlabeled`` lists ``imagesTs`` (useful for self-supervised pretraining). ROOT is stored as ``source``.
+``check_decathlon_files`` reads every listed file once before any compute (bundles wrap the datalist with it).
 """
 
 from __future__ import annotations
@@ -18,16 +19,24 @@ import os
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 from tqdm import tqdm
 
 from mdm_med.data.datalist import resolve_dataset_dir
-from mdm_med.data.radiology import DEFAULT_LABEL_FRACTIONS, make_split_datalist, read_image_shape
+from mdm_med.data.radiology import (
+    AFFINE_ATOL,
+    DEFAULT_LABEL_FRACTIONS,
+    affines_match,
+    check_radiology_files,
+    make_split_datalist,
+)
 
 __all__ = [
     "NIFTI_ENDINGS",
     "case_name",
     "list_nifti",
     "build_decathlon_datalist",
+    "check_decathlon_files",
     "has_decathlon_images",
     "resolve_decathlon_dir",
 ]
@@ -46,15 +55,32 @@ def case_name(filename: str) -> str:
 
 
 def list_nifti(folder: str | os.PathLike) -> dict[str, Path]:
-    """``{case: path}`` of the NIfTI files in ``folder`` (hidden and macOS ``._`` files ignored; ``{}`` if missing)."""
+    """``{case: path}`` of the NIfTI files in ``folder`` (hidden and macOS ``._`` files ignored; ``{}`` if missing).
+
+    Two files of one case (``la_003.nii`` and ``la_003.nii.gz``) raise ``ValueError`` naming both.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         return {}
-    return {
-        case_name(p.name): p
-        for p in sorted(folder.iterdir())
-        if p.is_file() and not p.name.startswith(".") and p.name.endswith(NIFTI_ENDINGS)
-    }
+    found: dict[str, Path] = {}
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and not p.name.startswith(".") and p.name.endswith(NIFTI_ENDINGS):
+            case = case_name(p.name)
+            if case in found:
+                raise ValueError(f"two files for case {case!r}: {found[case]} and {p}; keep one of them")
+            found[case] = p
+    return found
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    """``dataset.json`` as a dict; malformed JSON raises ``ValueError`` naming the file."""
+    try:
+        meta = json.loads(path.read_text())
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise ValueError(f"{path} is not valid JSON: {e}") from e
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path} must hold a JSON object, got {type(meta).__name__}")
+    return meta
 
 
 def _dataset_info(meta: dict[str, Any]) -> dict[str, Any]:
@@ -86,10 +112,11 @@ def build_decathlon_datalist(
 
     Entry paths are absolute when ``absolute`` (what bundles need), else relative to ``root`` (posix, as
     ``data_prep/decathlon.py`` writes them). With ``check_shapes`` the headers of every pair must agree on
-    the spatial shape ``(X, Y, Z)`` and labels must be 3-D. Raises ``FileNotFoundError`` when ``root`` does not
-    exist and one ``ValueError`` listing every problem found (image without label, label without image,
-    shape mismatch, entries of ``dataset.json`` missing on disk, unreadable headers), files named relative
-    to ``root``.
+    the spatial shape ``(X, Y, Z)`` and the affine (within ``AFFINE_ATOL``) and labels must be 3-D (the voxels
+    are read by ``check_decathlon_files``). Raises ``FileNotFoundError`` when ``root`` does not exist and one
+    ``ValueError`` listing every problem found (image without label, label without image, shape or affine
+    mismatch, entries of ``dataset.json`` missing on disk, unreadable headers), files named relative to ``root``;
+    a malformed ``dataset.json`` or two files of one case raise ``ValueError`` naming them.
     """
     root = Path(root)
     if not root.is_dir():
@@ -98,7 +125,7 @@ def build_decathlon_datalist(
     meta: dict[str, Any] = {}
     meta_path = root / "dataset.json"
     if meta_path.is_file():
-        meta = json.loads(meta_path.read_text())
+        meta = _read_meta(meta_path)
     else:
         logger.warning("%s not found, using the files on disk only", meta_path)
 
@@ -121,13 +148,18 @@ def build_decathlon_datalist(
         for case in tqdm(paired, desc="checking headers", disable=not progress):
             img_p, lab_p = images[case], labels[case]
             try:
-                img_shape, lab_shape = read_image_shape(img_p), read_image_shape(lab_p)
+                img, lab = nib.load(str(img_p)), nib.load(str(lab_p))
             except Exception as e:  # noqa: BLE001 - report any unreadable header among the problems
                 problems.append(f"cannot read header of {img_p.relative_to(root)} or {lab_p.relative_to(root)}: {e}")
                 continue
+            img_shape, lab_shape = tuple(int(s) for s in img.shape), tuple(int(s) for s in lab.shape)
             if img_shape[:3] != lab_shape[:3] or len(lab_shape) != 3:
                 problems.append(
                     f"shape mismatch: {img_p.relative_to(root)} {img_shape} vs {lab_p.relative_to(root)} {lab_shape}"
+                )
+            elif not affines_match(img.affine, lab.affine):
+                problems.append(
+                    f"affine mismatch (more than {AFFINE_ATOL}): {img_p.relative_to(root)} vs {lab_p.relative_to(root)}"
                 )
     if problems:
         raise ValueError(f"{len(problems)} problem(s) in {root}:\n  " + "\n  ".join(problems))
@@ -144,6 +176,49 @@ def build_decathlon_datalist(
     }
     datalist["unlabeled"] = [{"id": c, "image": where(p)} for c, p in list_nifti(root / "imagesTs").items()]
     datalist["dataset"] = _dataset_info(meta)
+    return datalist
+
+
+def check_decathlon_files(
+    datalist: dict[str, Any],
+    in_channels: int | None = None,
+    num_classes: int | None = None,
+    splits: tuple[str, ...] = ("training", "validation", "test", "unlabeled"),
+) -> dict[str, Any]:
+    """Read every image and label of ``splits`` once before any compute (``check_radiology_files``): missing,
+    truncated or corrupt files, NaN / Inf, channel counts other than ``in_channels``, image/label shape or affine
+    mismatches and label values outside ``0..num_classes-1`` are reported together in one ``ValueError`` naming
+    the files. ``num_classes`` defaults to the ``dataset.json`` labels; a different ``num_classes`` is an error.
+    Relative paths are read from ``datalist["source"]``. Returns ``datalist`` (bundles wrap their datalist with it).
+    """
+    source = datalist.get("source", "")
+    labels = (datalist.get("dataset") or {}).get("labels")
+    values = list(labels.values()) if isinstance(labels, dict) else []
+    if values and all(isinstance(v, int) for v in values):
+        values = sorted(values)
+        if num_classes is None:
+            num_classes = max(values) + 1
+        elif values != list(range(num_classes)):
+            raise ValueError(f"num_classes={num_classes} but dataset.json of {source} lists label values {values}")
+
+    def resolve(path: Any) -> Any:
+        if isinstance(path, (list, tuple)):
+            return [resolve(p) for p in path]
+        return path if os.path.isabs(path) else os.path.join(source, path)
+
+    problems = []
+    for split in splits:
+        items = [{**e, **{k: resolve(e[k]) for k in ("image", "label") if k in e}} for e in datalist.get(split) or []]
+        if not items:
+            continue
+        try:
+            check_radiology_files(items, what=split, in_channels=in_channels, num_classes=num_classes)
+        except ValueError as e:
+            problems.append(str(e))
+    if not datalist.get("training"):
+        problems.append("training is empty")
+    if problems:
+        raise ValueError(f"{datalist.get('name', 'datalist')} from {source}:\n" + "\n".join(problems))
     return datalist
 
 

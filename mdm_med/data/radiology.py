@@ -51,6 +51,8 @@ __all__ = [
     "DicomSeriesReader",
     "LoadRadiologyd",
     "NrrdRasReader",
+    "affines_match",
+    "check_radiology_files",
     "detect_format",
     "list_dicom_series",
     "load_dicom_series",
@@ -70,6 +72,8 @@ DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 DEFAULT_LABEL_FRACTIONS = (0.05, 0.1, 0.25, 0.5, 1.0)
 
 _MAX_NAMES_IN_MESSAGE = 20
+AFFINE_ATOL = 1e-3  # image / label affines closer than this (mm, per matrix entry) are the same grid
+SLICE_GAP_RTOL = 0.1  # DICOM slice gaps further than this from the median gap (missing slice) are an error
 
 
 def _name_list(paths: Sequence[Any]) -> str:
@@ -106,11 +110,29 @@ def _read_dicom_header(path: Path):
     return None
 
 
+def _is_corrupt_dicom(path: Path, ds) -> bool:
+    """True for a file that should be an image slice but cannot be used: an unreadable file with a DICOM
+    suffix, or a header without Rows / Columns whose SOP class is an image storage (or missing, for a DICOM
+    suffix), i.e. an empty, truncated or damaged slice rather than a DICOMDIR, report or presentation state."""
+    from pydicom.uid import UID
+
+    dicom_suffix = _lower_name(path).endswith(DICOM_SUFFIXES)
+    if ds is None:
+        return dicom_suffix
+    if "Rows" in ds and "Columns" in ds:
+        return False
+    meta = getattr(ds, "file_meta", None) or {}
+    sop = str(ds.get("SOPClassUID", "") or meta.get("MediaStorageSOPClassUID", "") or "")
+    return "Image Storage" in UID(sop).name if sop else dicom_suffix
+
+
 def _scan_dicom(path: PathLike) -> dict[str, list[tuple[Path, Any]]]:
     """Group the DICOM image files of a folder (or a single file) by SeriesInstanceUID.
 
     Hidden files (``.DS_Store``, macOS ``._*``) and sub-folders are ignored silently; other files that
-    are not DICOM images are skipped with one warning naming them.
+    are not DICOM images are skipped with one warning naming them. Empty, truncated or corrupt slices (a
+    .dcm/.dicom/.ima file that cannot be parsed, an image-class header without Rows / Columns) raise a
+    ``ValueError`` naming them: skipping one would leave a gap in the volume.
     """
     path = Path(path)
     if not path.exists():
@@ -122,8 +144,12 @@ def _scan_dicom(path: PathLike) -> dict[str, list[tuple[Path, Any]]]:
     series: dict[str, list[tuple[Path, Any]]] = {}
     not_dicom: list[str] = []
     not_image: list[str] = []
+    corrupt: list[str] = []
     for f in files:
         ds = _read_dicom_header(f)
+        if _is_corrupt_dicom(f, ds):
+            corrupt.append(f.name)
+            continue
         if ds is None:
             not_dicom.append(f.name)
             continue
@@ -132,6 +158,11 @@ def _scan_dicom(path: PathLike) -> dict[str, list[tuple[Path, Any]]]:
             continue
         uid = str(ds.get("SeriesInstanceUID", "") or "")
         series.setdefault(uid, []).append((f, ds))
+    if corrupt:
+        raise ValueError(
+            f"{len(corrupt)} empty, truncated or corrupt DICOM file(s) in {path}: {_name_list(corrupt)} "
+            "(re-export or remove them)"
+        )
     if not_dicom:
         warnings.warn(f"skipped {len(not_dicom)} non-DICOM file(s) in {path}: {_name_list(not_dicom)}", stacklevel=3)
     if not_image:
@@ -219,7 +250,9 @@ def load_dicom_series(folder: PathLike, series_uid: str | None = None) -> tuple[
 
     Slices are ordered by ``ImagePositionPatient`` projected on the slice normal
     (``row x col`` of ``ImageOrientationPatient``), never by file name or InstanceNumber, and
-    ``RescaleSlope`` / ``RescaleIntercept`` are applied (e.g. CT in HU).
+    ``RescaleSlope`` / ``RescaleIntercept`` are applied (e.g. CT in HU). A slice gap more than
+    ``SLICE_GAP_RTOL`` (10 %) away from the median gap (a missing slice) raises ``ValueError`` naming the
+    folder; smaller deviations (rounded positions) warn and the affine uses the mean spacing.
 
     Args:
         folder: folder holding the files of the series (sub-folders are ignored), or one DICOM file.
@@ -295,10 +328,16 @@ def load_dicom_series(folder: PathLike, series_uid: str | None = None) -> tuple[
                 f"{series_uid} of {folder} (multi-echo / time series?); split the series first"
             )
         med = float(np.median(gaps))
+        worst = int(np.argmax(np.abs(gaps - med)))
+        if abs(gaps[worst] - med) > SLICE_GAP_RTOL * med:
+            raise ValueError(
+                f"non-uniform slice spacing in {folder} (series {series_uid}): {gaps[worst]:.4g} mm between "
+                f"{paths[worst].name} and {paths[worst + 1].name}, median {med:.4g} mm (missing or corrupt slice?)"
+            )
         if np.max(np.abs(gaps - med)) > max(1e-3, 0.01 * med):
             warnings.warn(
-                f"non-uniform slice spacing in {folder} (from {gaps.min():.4g} to {gaps.max():.4g} mm, missing "
-                "slices?); the affine uses the mean spacing",
+                f"slightly non-uniform slice spacing in {folder} (from {gaps.min():.4g} to {gaps.max():.4g} mm, "
+                "rounded positions?); the affine uses the mean spacing",
                 stacklevel=2,
             )
         step = (ipps[-1] - ipps[0]) / (n - 1)  # keeps gantry tilt (step not parallel to the normal)
@@ -415,6 +454,12 @@ def detect_format(path: PathLike) -> str:
         f"unsupported image format: {p} (expected NIfTI {NIFTI_SUFFIXES}, NRRD {NRRD_SUFFIXES}, "
         "or a DICOM series folder)"
     )
+
+
+def affines_match(a: Any, b: Any, atol: float = AFFINE_ATOL) -> bool:
+    """True when two (4, 4) voxel-to-world affines agree within ``atol`` (mm) per entry (same voxel grid)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return a.shape == b.shape and bool(np.allclose(a, b, atol=atol))
 
 
 def read_image_shape(path: PathLike) -> tuple[int, ...] | None:
@@ -535,9 +580,15 @@ class LoadRadiologyd(MapTransform):
         dtype: output dtype, one for all keys or one per key.
         ensure_channel_first: add / move the channel axis first.
         series_uid: SeriesInstanceUID to pick when a DICOM folder holds several series.
-        check_shapes: raise if the loaded keys differ in spatial shape (naming both files).
+        check_shapes: raise if the loaded keys differ in spatial shape or affine (beyond ``AFFINE_ATOL``),
+            naming both files.
         check_finite: raise if a floating point volume contains NaN or Inf (naming the file).
+        label_keys: keys (among ``keys``) holding label maps: one channel of integer class indices >= 0.
+        num_classes: label values must also be < ``num_classes`` (``None``: not checked).
+        in_channels: channel count required of the other keys (``None``: not checked).
         allow_missing_keys: do not raise for keys missing from the data dict.
+
+    Unreadable files (truncated, corrupt) and failed checks raise ``ValueError`` naming the file.
     """
 
     def __init__(
@@ -548,12 +599,18 @@ class LoadRadiologyd(MapTransform):
         series_uid: str | None = None,
         check_shapes: bool = True,
         check_finite: bool = True,
+        label_keys: KeysCollection = ("label",),
+        num_classes: int | None = None,
+        in_channels: int | None = None,
         allow_missing_keys: bool = False,
     ):
         super().__init__(keys, allow_missing_keys)
         self.dtypes = ensure_tuple_rep(dtype, len(self.keys))
         self.check_shapes = check_shapes
         self.check_finite = check_finite
+        self.label_keys = ensure_tuple(label_keys)
+        self.num_classes = num_classes
+        self.in_channels = in_channels
         self._readers: dict[str, ImageReader] = {
             "nifti": NibabelReader(),
             "nrrd": NrrdRasReader(),
@@ -590,19 +647,40 @@ class LoadRadiologyd(MapTransform):
             raise ValueError(f"{key!r}: cannot stack different formats {sorted(formats)} ({', '.join(paths)})")
         return paths, formats.pop()
 
+    def _check_label(self, key: Hashable, src: str, img: MetaTensor, channels: int) -> None:
+        """Label maps: one channel, integer values in ``[0, num_classes)``."""
+        if channels != 1:
+            raise ValueError(f"{key!r}: label {src} has {channels} channels, expected one label map")
+        values = torch.unique(img.as_tensor()).double()
+        bad = (values != torch.round(values)) | (values < 0)
+        if self.num_classes is not None:
+            bad |= values >= self.num_classes
+        if bool(bad.any()):
+            shown = ", ".join(f"{v:g}" for v in values[bad][:10].tolist())
+            expected = f"0..{self.num_classes - 1}" if self.num_classes is not None else "integers >= 0"
+            raise ValueError(f"{key!r}: label {src} holds value(s) {shown}; expected class indices {expected}")
+
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         loaded: list[tuple[Hashable, str, tuple[int, ...], np.ndarray]] = []
         for key, dtype in self.key_iterator(d, self.dtypes):
             paths, fmt = self._source(key, d[key])
             src = paths[0] if len(paths) == 1 else str(list(paths))
-            img = self._load(self._readers[fmt], paths if len(paths) > 1 else paths[0], dtype)
+            try:
+                img = self._load(self._readers[fmt], paths if len(paths) > 1 else paths[0], dtype)
+            except Exception as e:  # noqa: BLE001 - truncated gzip (EOFError), corrupt header, bad DICOM...
+                raise ValueError(f"{key!r}: cannot read {src}: {type(e).__name__}: {e}") from e
             if self.check_finite and img.is_floating_point():
                 bad = ~torch.isfinite(img)
                 if bool(bad.any()):
                     n_nan = int(torch.isnan(img).sum())
                     raise ValueError(f"{key!r}: {src} contains {n_nan} NaN and {int(bad.sum()) - n_nan} Inf value(s)")
             spatial = tuple(int(s) for s in np.asarray(img.meta.get("spatial_shape", img.shape[-3:])).tolist())
+            channels = img.numel() // max(1, int(np.prod(spatial)))
+            if key in self.label_keys:
+                self._check_label(key, src, img, channels)
+            elif self.in_channels is not None and channels != self.in_channels:
+                raise ValueError(f"{key!r}: {src} has {channels} channel(s), expected in_channels={self.in_channels}")
             loaded.append((key, src, spatial, np.asarray(img.affine)))
             d[key] = img
         if self.check_shapes and len(loaded) > 1:
@@ -612,12 +690,45 @@ class LoadRadiologyd(MapTransform):
                     raise ValueError(
                         f"shape mismatch: {k0!r} {src0} has spatial shape {shape0} but {key!r} {src} has {shape}"
                     )
-                if aff.shape == aff0.shape and not np.allclose(aff, aff0, atol=1e-3):
-                    warnings.warn(
-                        f"affines of {k0!r} {src0} and {key!r} {src} differ; they may be misaligned after resampling",
-                        stacklevel=2,
+                if not affines_match(aff, aff0):
+                    raise ValueError(
+                        f"affine mismatch: {k0!r} {src0} and {key!r} {src} differ by up to "
+                        f"{np.abs(aff - aff0).max():.4g} (more than {AFFINE_ATOL}); the voxels would be misaligned"
                     )
         return d
+
+
+def check_radiology_files(
+    items: Sequence[dict],
+    what: str = "dataset",
+    image_key: str = "image",
+    label_keys: Sequence[str] = ("label",),
+    in_channels: int | None = None,
+    num_classes: int | None = None,
+) -> int:
+    """Read every image (and label) of ``items`` once with :class:`LoadRadiologyd` before any compute: missing,
+    truncated or corrupt files, NaN / Inf, wrong channel counts, image/label shape or affine mismatches and label
+    values outside ``0..num_classes-1`` are reported together in one ``ValueError``. Returns the number of items."""
+    if not items:
+        raise ValueError(f"{what} is empty")
+    loaders: dict[tuple[str, ...], LoadRadiologyd] = {}
+    problems = []
+    for item in items:
+        keys = tuple(k for k in (image_key, *label_keys) if k in item)
+        if image_key not in keys:
+            problems.append(f"entry {item.get('id', item)} has no {image_key!r}")
+            continue
+        if keys not in loaders:
+            loaders[keys] = LoadRadiologyd(
+                keys, label_keys=label_keys, in_channels=in_channels, num_classes=num_classes
+            )
+        try:
+            loaders[keys](item)
+        except (OSError, ValueError, TypeError) as e:
+            problems.append(str(e))
+    if problems:
+        raise ValueError(f"{what}: {len(problems)} problem(s):\n  " + "\n  ".join(problems))
+    return len(items)
 
 
 def radiology_preprocessing(
@@ -628,6 +739,7 @@ def radiology_preprocessing(
     mr_percentiles: tuple[float, float] = (0.5, 99.5),
     label_dtype: torch.dtype = torch.int16,
     series_uid: str | None = None,
+    num_classes: int | None = None,
     allow_missing_keys: bool = False,
 ) -> Compose:
     """Load -> EnsureChannelFirst -> Orientation RAS -> Spacing -> intensities to [-1, 1].
@@ -635,7 +747,8 @@ def radiology_preprocessing(
     ``keys[0]`` is the image (``(C, X, Y, Z)`` float32 in [-1, 1] after the pipeline), every other key is a
     label map (bilinear vs nearest resampling; ``(1, X, Y, Z)`` of ``label_dtype``).
     CT: clip to the HU ``ct_window`` then scale linearly; MR: per-volume (per-channel) percentile clip
-    ``mr_percentiles`` then scale. ``target_spacing=None`` keeps the native spacing.
+    ``mr_percentiles`` then scale. ``target_spacing=None`` keeps the native spacing. Label maps must hold integer
+    class indices (below ``num_classes`` when given), else ``ValueError`` naming the file.
     """
     keys = tuple(keys)
     if not keys:
@@ -644,7 +757,9 @@ def radiology_preprocessing(
     mod = modality.upper()
     amk = allow_missing_keys
     transforms: list[Any] = [
-        LoadRadiologyd(keys, series_uid=series_uid, allow_missing_keys=amk),
+        LoadRadiologyd(
+            keys, series_uid=series_uid, label_keys=label_keys, num_classes=num_classes, allow_missing_keys=amk
+        ),
         EnsureChannelFirstd(keys, allow_missing_keys=amk),
         # our loaders always give RAS affines, so the axis labels are the NIfTI ones
         Orientationd(keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")), allow_missing_keys=amk),
@@ -680,15 +795,21 @@ def radiology_preprocessing(
 # ----------------------------------------------------------------------------------------------
 
 
+def _split_key(name: str) -> tuple[list, str]:
+    """Natural order, ties (``case1`` / ``case01``, same base name in two folders) broken by the full name."""
+    return natural_key(name), name
+
+
 def split_cases(
     names: Sequence[str], val_frac: float = 0.1, test_frac: float = 0.2, seed: int = 0
 ) -> tuple[list[str], list[str], list[str]]:
     """Deterministic ``(train, val, test)`` split, each in natural name order, from a seeded permutation
-    (``numpy.random.default_rng(seed)``) of the names in natural order (``mdm_med.data.datalist.natural_key``).
+    (``numpy.random.default_rng(seed)``) of the names in natural order (``mdm_med.data.datalist.natural_key``, ties
+    broken by the full name, so the split never depends on the input order or ``PYTHONHASHSEED``).
 
     ``n_val = round(val_frac * n)``, ``n_test = round(test_frac * n)``, training gets the rest.
     """
-    names = sorted(set(names), key=natural_key)
+    names = sorted(set(names), key=_split_key)
     n = len(names)
     if not (0.0 <= val_frac < 1.0 and 0.0 <= test_frac < 1.0 and val_frac + test_frac < 1.0):
         raise ValueError(f"need 0 <= val_frac, test_frac and val_frac + test_frac < 1, got {val_frac}, {test_frac}")
@@ -697,9 +818,9 @@ def split_cases(
         raise ValueError(f"{n} case(s) leave no training case with val_frac={val_frac}, test_frac={test_frac}")
     perm = np.random.default_rng(seed).permutation(n)
     shuffled = [names[i] for i in perm]
-    val = sorted(shuffled[:n_val], key=natural_key)
-    test = sorted(shuffled[n_val : n_val + n_test], key=natural_key)
-    train = sorted(shuffled[n_val + n_test :], key=natural_key)
+    val = sorted(shuffled[:n_val], key=_split_key)
+    test = sorted(shuffled[n_val : n_val + n_test], key=_split_key)
+    train = sorted(shuffled[n_val + n_test :], key=_split_key)
     return train, val, test
 
 
