@@ -6,9 +6,10 @@ Layout read: ``ROOT/dataset.json``, ``ROOT/imagesTr/*.nii.gz``, ``ROOT/labelsTr/
 Decathlon test labels are not public, so ``validation`` and ``test`` are carved from the labelled cases
 (default 70/10/20, seeded permutation of the sorted case names). ``label_fractions`` holds nested prefixes of
 the training list (natural order), as id lists keyed ``f"{f:g}"`` ("0.05" ... "1"; read them with
-``mdm_med.data.datalist.labelled_subset``); every entry has an ``id``; ``unlabeled`` lists ``imagesTs`` (useful for
-self-supervised pretraining). Paths are relative to ROOT, which is stored as ``source``. The scanning logic is
-``mdm_med.data.decathlon.build_decathlon_datalist`` (bundles call it with absolute paths).
+``mdm_med.data.datalist.labelled_subset``); every entry has an ``id``; ``unlabeled`` lists ``imagesTs``
+(bundle pretraining reads it only with ``pretrain_include_unlabeled``). Paths are relative to ROOT, which is
+stored as ``source``. The scanning logic is ``mdm_med.data.decathlon.build_decathlon_datalist`` (bundles call it
+with absolute paths).
 
 Example: ``python data_prep/decathlon.py /data/Task02_Heart --datalist-out /data/heart_datalist.json``
 """

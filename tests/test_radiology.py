@@ -501,7 +501,8 @@ def test_decathlon_split(tmp_path, decathlon, nnunet, capsys):
     for v in fr.values():
         assert v == [e["id"] for e in dl["training"][: len(v)]]  # nested prefixes of the sorted training list
     assert labelled_subset(dl, 0.25) == dl["training"][:1] and labelled_subset(dl, 1.0) == dl["training"]
-    assert len(pretraining_items(dl)) == 10  # training + validation + the unlabeled imagesTs, never the test split
+    assert len(pretraining_items(dl)) == 8  # training + validation, never the test split
+    assert len(pretraining_items(dl, include_unlabeled=True)) == 10  # + imagesTs, when a config asks
     assert [e["image"] for e in dl["unlabeled"]] == ["imagesTs/la_100.nii.gz", "imagesTs/la_101.nii.gz"]
     assert dl["name"] == "LeftAtrium" and Path(dl["source"]) == root.resolve()
     assert dl["dataset"]["labels"] == {"background": 0, "left atrium": 1}

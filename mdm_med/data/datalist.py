@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["DEFAULT_FRACTIONS", "require_items", "pretraining_items", "items_digest", "natural_key", "label_fraction_counts",
-           "nested_label_subsets", "write_json_atomic", "labelled_subset", "resolve_dataset_dir", "split_datalist",
-           "inference_items"]
+__all__ = ["DEFAULT_FRACTIONS", "require_items", "pretraining_items", "items_digest", "natural_key",
+           "label_fraction_counts", "nested_label_subsets", "write_json_atomic", "labelled_subset",
+           "resolve_dataset_dir", "split_datalist", "inference_items"]
 
 DEFAULT_FRACTIONS = (0.05, 0.1, 0.25, 0.5, 1.0)
 
@@ -99,17 +99,24 @@ def require_items(datalist: dict, split: str) -> list[dict]:
     return items
 
 
-def pretraining_items(datalist: dict, include_test: bool = False) -> list[dict]:
-    """Unlabelled images for self-supervised pretraining: every training and validation image (labels dropped) and
-    the datalist's ``unlabeled`` images (e.g. a Decathlon ``imagesTs``, which is not our test split).
+def pretraining_items(datalist: dict, include_test: bool = False, include_unlabeled: bool = False) -> list[dict]:
+    """Unlabelled images for self-supervised pretraining: every training and validation image (labels dropped).
 
-    Test images are added only when ``include_test`` is True (the reference code's transductive setting); that
-    is logged as a warning, since the test score is then no longer a clean held-out estimate.
+    Two sets are added only when asked, each logged as a warning with its count: the datalist's ``unlabeled``
+    images with ``include_unlabeled`` (e.g. a Decathlon ``imagesTs``: the challenge's test images, without labels,
+    not this split's test set), and this split's ``test`` images with ``include_test`` (the reference code's
+    transductive setting; the test score is then no longer a clean held-out estimate).
     """
-    splits = ["training", "validation"] + (["test"] if include_test else [])
-    items = [{"id": d["id"], "image": d["image"]} for s in splits + ["unlabeled"] for d in datalist.get(s, [])]
+    log = logging.getLogger(__name__)
+    splits = ["training", "validation"] + (["test"] if include_test else []) + (
+        ["unlabeled"] if include_unlabeled else [])
+    items = [{"id": d["id"], "image": d["image"]} for s in splits for d in datalist.get(s, [])]
+    if include_unlabeled and datalist.get("unlabeled"):
+        log.warning("pretrain_include_unlabeled=True: %d unlabelled images (the datalist's 'unlabeled' list, e.g. a "
+                    "Decathlon imagesTs: the challenge's test images) are in the pretraining set; this split's test "
+                    "images are not", len(datalist["unlabeled"]))
     if include_test:
-        logging.getLogger(__name__).warning(
+        log.warning(
             "pretrain_include_test=True: %d TEST images are in the pretraining set (transductive, as the reference "
             "code does); test scores are not held-out estimates", len(datalist.get("test", [])))
     if not items:

@@ -7,7 +7,8 @@ Decathlon test labels are not public, so ``validation`` and ``test`` are carved 
 (default 70/10/20, seeded permutation of the sorted case names, see ``mdm_med.data.radiology.split_cases``).
 ``label_fractions`` holds nested prefixes of the training list (natural order), as id lists keyed ``f"{f:g}"``
 ("0.05" ... "1"; read them with ``mdm_med.data.datalist.labelled_subset``); every entry has an ``id``;
-``unlabeled`` lists ``imagesTs`` (useful for self-supervised pretraining). ROOT is stored as ``source``.
+``unlabeled`` lists ``imagesTs`` (pretraining reads it only with ``pretrain_include_unlabeled``). ROOT is stored
+as ``source``.
 ``check_decathlon_files`` reads every listed file once before any compute (bundles wrap the datalist with it).
 """
 
