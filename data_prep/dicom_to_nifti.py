@@ -11,9 +11,7 @@ Example: ``python data_prep/dicom_to_nifti.py /data/dicom /data/nifti --dtype in
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -24,9 +22,11 @@ from tqdm import tqdm
 
 try:
     from mdm_med.data.radiology import list_dicom_series, load_dicom_series
+    from mdm_med.io import atomic_write
 except ImportError:  # running from a source checkout without installing the package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from mdm_med.data.radiology import list_dicom_series, load_dicom_series
+    from mdm_med.io import atomic_write
 
 
 def save_nifti(volume: np.ndarray, affine: np.ndarray, path: str | Path, dtype: str = "float32") -> Path:
@@ -46,17 +46,7 @@ def save_nifti(volume: np.ndarray, affine: np.ndarray, path: str | Path, dtype: 
     img.set_qform(affine, code=1)
     img.header.set_xyzt_units("mm", "sec")
     path = Path(path)
-    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix  # nibabel picks the format from it
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp_", suffix=suffix)
-    os.close(fd)
-    try:
-        nib.save(img, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write(path, lambda tmp: nib.save(img, tmp))
     return path
 
 

@@ -19,7 +19,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> str
     """
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=os.path.splitext(str(path))[1])
+    suffix = ".nii.gz" if str(path).endswith(".nii.gz") else os.path.splitext(str(path))[1]  # writers read it
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=suffix)
     os.close(fd)
     try:
         write(tmp)
