@@ -37,12 +37,12 @@ from tqdm import tqdm
 
 try:
     from mdm_med.data import radiology
-    from mdm_med.data.datalist import write_json_atomic
+    from mdm_med.data.datalist import read_json_object, write_json_atomic
     from mdm_med.io import fill_folder_atomically
 except ImportError:  # running from a source checkout without installing the package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from mdm_med.data import radiology
-    from mdm_med.data.datalist import write_json_atomic
+    from mdm_med.data.datalist import read_json_object, write_json_atomic
     from mdm_med.io import fill_folder_atomically
 
 REQUIRED_KEYS = ("channel_names", "labels", "numTraining", "file_ending")
@@ -52,17 +52,6 @@ _CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 # ----------------------------------------------------------------------------------------------
 # nnU-Net -> datalist
 # ----------------------------------------------------------------------------------------------
-
-
-def _read_json_object(path: Path) -> dict[str, Any]:
-    """The JSON object in ``path``; malformed JSON or another type raises ``ValueError`` naming the file."""
-    try:
-        obj = json.loads(Path(path).read_text())
-    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
-        raise ValueError(f"{path} is not valid JSON: {e}") from e
-    if not isinstance(obj, dict):
-        raise ValueError(f"{path} must hold a JSON object, got {type(obj).__name__}")
-    return obj
 
 
 def _visible_files(folder: Path) -> list[Path]:
@@ -108,7 +97,7 @@ def read_nnunet_dataset(
     meta_path = root / "dataset.json"
     if not meta_path.is_file():
         raise FileNotFoundError(f"nnU-Net dataset.json not found: {meta_path}")
-    meta = _read_json_object(meta_path)
+    meta = read_json_object(meta_path)
     missing = [k for k in REQUIRED_KEYS if k not in meta]
     if missing:
         hint = (
@@ -331,7 +320,7 @@ def datalist_to_nnunet(
     json_dir = None
     if isinstance(datalist, (str, Path)):
         json_dir = Path(datalist).parent
-        datalist = _read_json_object(Path(datalist))
+        datalist = read_json_object(Path(datalist))
     if base_dir is None:  # the converters store the dataset root as "source"
         source = datalist.get("source")
         base_dir = source if isinstance(source, str) and Path(source).is_dir() else json_dir

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["DEFAULT_FRACTIONS", "require_items", "pretraining_items", "items_digest", "natural_key",
-           "label_fraction_counts", "nested_label_subsets", "write_json_atomic", "labelled_subset",
+           "label_fraction_counts", "nested_label_subsets", "read_json_object", "write_json_atomic", "labelled_subset",
            "resolve_dataset_dir", "split_datalist", "inference_items"]
 
 DEFAULT_FRACTIONS = (0.05, 0.1, 0.25, 0.5, 1.0)
@@ -86,6 +86,17 @@ def write_json_atomic(obj, path: str | os.PathLike) -> None:
             json.dump(obj, f, indent=2)
 
     atomic_write(path, write)
+
+
+def read_json_object(path: str | os.PathLike) -> dict:
+    """The JSON object in ``path``; malformed JSON or another type raises ``ValueError`` naming the file."""
+    try:
+        obj = json.loads(Path(path).read_text())
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise ValueError(f"{path} is not valid JSON: {e}") from e
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path} must hold a JSON object, got {type(obj).__name__}")
+    return obj
 
 
 def require_items(datalist: dict, split: str) -> list[dict]:

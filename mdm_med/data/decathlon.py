@@ -14,7 +14,6 @@ as ``source``.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Any
 import nibabel as nib
 from tqdm import tqdm
 
-from mdm_med.data.datalist import resolve_dataset_dir
+from mdm_med.data.datalist import read_json_object, resolve_dataset_dir
 from mdm_med.data.radiology import (
     AFFINE_ATOL,
     DEFAULT_LABEL_FRACTIONS,
@@ -73,17 +72,6 @@ def list_nifti(folder: str | os.PathLike) -> dict[str, Path]:
     return found
 
 
-def _read_meta(path: Path) -> dict[str, Any]:
-    """``dataset.json`` as a dict; malformed JSON raises ``ValueError`` naming the file."""
-    try:
-        meta = json.loads(path.read_text())
-    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
-        raise ValueError(f"{path} is not valid JSON: {e}") from e
-    if not isinstance(meta, dict):
-        raise ValueError(f"{path} must hold a JSON object, got {type(meta).__name__}")
-    return meta
-
-
 def _dataset_info(meta: dict[str, Any]) -> dict[str, Any]:
     """Normalise MSD ``dataset.json`` fields: ``modality {"0": "CT"}`` -> ``channel_names``,
     ``labels {"0": "background", "1": "x"}`` -> ``{"background": 0, "x": 1}`` (nnU-Net v2 style)."""
@@ -126,7 +114,7 @@ def build_decathlon_datalist(
     meta: dict[str, Any] = {}
     meta_path = root / "dataset.json"
     if meta_path.is_file():
-        meta = _read_meta(meta_path)
+        meta = read_json_object(meta_path)
     else:
         logger.warning("%s not found, using the files on disk only", meta_path)
 
