@@ -93,13 +93,17 @@ def pretrain_epochs(iterations: int, epoch_length: int, accumulation_steps: int 
     return iterations // epoch_length
 
 
-def pretrained_ready(path: str, expected_meta: Mapping | None = None) -> bool:
+def pretrained_ready(path: str, expected_meta: Mapping | None = None, required: bool = False) -> bool:
     """True when a finished pretrained checkpoint exists at ``path`` (so pretraining is skipped).
 
     When ``expected_meta`` is given, every listed entry must match the checkpoint's ``meta`` (e.g. the data
     source and network preset); a mismatch raises instead of silently reusing weights from other data.
+    ``required``: a missing checkpoint raises ``FileNotFoundError`` (a run that must not pretrain by itself).
     """
     if not path or not os.path.isfile(path):
+        if required:
+            raise FileNotFoundError(f"pretrained checkpoint {path} does not exist; this run does not pretrain, so "
+                                    "run the pretraining first")
         return False
     meta = torch.load(path, map_location="cpu", weights_only=False).get("meta", {})
     diff = {k: (meta.get(k), v) for k, v in (expected_meta or {}).items() if meta.get(k) != v}

@@ -14,7 +14,8 @@ import pytest
 
 from mdm_med.benchmark import aggregate, cell_run_list, load_profile, markdown_report, plan_cells, select_on_validation
 from mdm_med.benchmark.__main__ import main
-from mdm_med.benchmark.runner import (SEGMENTATION_KEYS, VAL_SUMMARY, BenchmarkRunner, InvocationLog,
+from mdm_med.benchmark.runner import (REQUIRE_PRETRAINED, SEGMENTATION_KEYS, VAL_SUMMARY, BenchmarkRunner,
+                                     CellFailed, InvocationLog,
                                      bundle_fingerprint, cell_threads, check_data_dir, default_bundle_dir,
                                      evaluation_fingerprint, fingerprint, profile_bundle_dir, read_invocations,
                                      resolved_config, run_benchmark)
@@ -106,6 +107,18 @@ def _profile_dict(path) -> dict:
     return _read_profile(Path(path))
 
 
+def test_values_given_twice_are_one_cell():
+    p = load_profile({"protocols": ["head", "finetune", "head"], "methods": {
+        "ddpm": {"head_timesteps": [50, 50, 150]}, "s": {"pretrain": False, "protocols": ["finetune", "finetune"]}}})
+    names = [c.name for c in plan_cells(p, fractions=[0.1], seeds=[0])]
+    assert names == ["pretrain__ddpm", "ddpm__head_t50__f0.1__s0", "ddpm__head_t150__f0.1__s0",
+                     "ddpm__finetune__f0.1__s0", "s__finetune__f0.1__s0"]
+    args = ["--config", "x", "--data-dir", "d", "--out", "o"]
+    from mdm_med.benchmark.__main__ import build_parser
+    parsed = build_parser().parse_args(args + ["--set", "a=1", "--set", "b=2", "--seeds", "0", "--seeds", "1"])
+    assert parsed.set == ["a=1", "b=2"] and parsed.seeds == ["0", "1"]  # an option given twice adds up
+
+
 def test_profile_rejects_budget_overrides_and_bad_fractions():
     with pytest.raises(ValueError, match="pretrain_iterations"):
         load_profile({"methods": {"x": {"overrides": {"pretrain_iterations": 10}}}})
@@ -124,8 +137,9 @@ def test_cell_run_list_on_the_bundle():
     for steps in (pre, none):
         assert not any("publish_model(" in s for s in steps)  # the bundle's models/ is never overwritten
         assert steps[steps.index(VAL_SUMMARY) - 1] == "$@train#trainer.run()"
-    assert any("@pretrain#trainer.run()" in s for s in pre)
-    assert not any("@pretrain#trainer.run()" in s for s in none)
+    # a cell never pretrains (the runner does, in its own job): it requires the weights, or runs without any
+    assert not any("@pretrain#trainer.run()" in s for s in pre + none)
+    assert REQUIRE_PRETRAINED in pre and REQUIRE_PRETRAINED not in none
     with pytest.raises(ValueError):
         cell_run_list(["$print(1)"], pretrained=False)
 
@@ -300,6 +314,21 @@ def test_results_from_another_pretraining_are_refused(tmp_path):
         runner.finished(seg_cell)
     store(seg_cell)  # results from before this check name no pretraining and are kept
     assert runner.finished(seg_cell)["cell"] == seg_cell.name
+    # a cell to run needs the weights its method's finished pretraining recorded: never pretrains by itself
+    import hashlib
+
+    from mdm_med.engines import pretrained_ready
+
+    weights = runner.pretrain_dir(seg_cell.method) / "pretrained.pt"
+    with pytest.raises(CellFailed, match="pretrained.pt does not exist, though .*result.json says"):
+        runner.check_pretrained_weights(seg_cell, pre)
+    weights.write_bytes(b"other weights")
+    with pytest.raises(CellFailed, match="sha256 differs"):
+        runner.check_pretrained_weights(seg_cell, pre)
+    runner.check_pretrained_weights(seg_cell, {"weights_sha256": hashlib.sha256(b"other weights").hexdigest()})
+    with pytest.raises(FileNotFoundError, match="missing.pt does not exist"):
+        pretrained_ready(str(tmp_path / "missing.pt"), required=True)  # the step that replaces the cell's pretraining
+    assert not pretrained_ready(str(tmp_path / "missing.pt"))
 
 
 def test_method_reuses_another_methods_pretraining(tmp_path):
@@ -480,6 +509,12 @@ def test_select_timestep_on_validation_not_test():
     assert len(selected) == 2 and all(r["variant"] == "val-best" and r["dice"] == 0.7 for r in selected)
     text = markdown_report(rows, {"profile": "unit"})
     assert "DDPM [val-best]" in text and "ddpm/head 10%: t150" in text
+    # timesteps are compared on the seeds they all have: one lucky seed of an unfinished timestep does not win
+    rows = [_row("ddpm", "head", 0.1, s, dice=0.7, val=v, variant="t50") for s, v in ((0, 0.80), (1, 0.82), (2, 0.84))]
+    rows.append(_row("ddpm", "head", 0.1, 2, dice=0.7, val=0.83, variant="t150"))
+    assert select_on_validation(rows)[1] == {("ddpm", "head", 0.1): "t50"}
+    rows[-1]["seed"] = 3  # no seed in common: no choice
+    assert select_on_validation(rows) == ([], {})
 
 
 def test_markdown_paper_layout():
@@ -549,6 +584,22 @@ def test_combine_results_of_separate_runs(tmp_path, capsys):
         assert says in err and str(other) in err and str(d) in err
     assert report_main(["--out", str(tmp_path / "ok"), str(d), str(a)]) == 0  # a.csv predates the columns
     capsys.readouterr()
+    # another labelled subset at one fraction, or another test set, is not one table
+    g = tmp_path / "g.csv"
+    write_csv([{**r, "labelled_images": 4} for r in cell_rows("scratch", "finetune", (2,), 0.7)], g)
+    assert report_main(["--out", str(tmp_path / "bad"), str(a), str(g)]) == 2
+    assert "other labelled subsets (4 vs 8, cell scratch__finetune__f0.1__s2)" in capsys.readouterr().err
+    write_csv([{**r, "test_images": 20} for r in cell_rows("scratch", "finetune", (2,), 0.7)], g)
+    write_csv([{**r, "test_images": 60} for r in cell_rows("scratch", "finetune", (0,), 0.7)], tmp_path / "h.csv")
+    assert report_main(["--out", str(tmp_path / "bad"), str(tmp_path / "h.csv"), str(g)]) == 2
+    assert "other test sets (20 vs 60" in capsys.readouterr().err
+    # a variant that reuses another method's pretraining (pretrain_method) does not count that pretraining twice
+    variant = [{**r, "method": "mdm_slow", "cell": r["cell"].replace("mdm", "mdm_slow"), "pretrain_method": "mdm"}
+               for r in cell_rows("mdm", "finetune", (0,), 0.8)]
+    write_csv(cell_rows("mdm", "finetune", (0,), 0.85) + variant, g)
+    assert report_main(["--out", str(tmp_path / "variant"), str(g)]) == 0
+    line = next(x for x in (tmp_path / "variant" / "results.md").read_text().splitlines() if "- Pretraining" in x)
+    assert line.endswith(": mdm 1m 40s"), line
     # a file that is not a results table, an empty one, a missing one
     (tmp_path / "x.csv").write_text("a,b\n1,2\n")
     write_csv([], tmp_path / "empty.csv")

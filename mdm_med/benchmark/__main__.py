@@ -36,11 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", required=True, help="the bundle's data folder: GlaS (train_N.png + train_N_anno.png, "
                                                        "testA_N ...) or a Decathlon task (imagesTr, labelsTr)")
     p.add_argument("--out", required=True, help="output folder (results, cells, pretrained weights, report)")
-    p.add_argument("--methods", nargs="+", help="subset of the profile's methods (space or comma separated)")
-    p.add_argument("--fractions", nargs="+", help="label fractions, e.g. 0.1 1.0")
-    p.add_argument("--seeds", nargs="+", help="seeds, e.g. 0 1 2")
-    p.add_argument("--protocols", nargs="+", help="head and/or finetune")
-    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+    # "extend": an option given twice adds to the first (--set a=1 --set b=2 sets both)
+    p.add_argument("--methods", nargs="+", action="extend",
+                   help="subset of the profile's methods (space or comma separated)")
+    p.add_argument("--fractions", nargs="+", action="extend", help="label fractions, e.g. 0.1 1.0")
+    p.add_argument("--seeds", nargs="+", action="extend", help="seeds, e.g. 0 1 2")
+    p.add_argument("--protocols", nargs="+", action="extend", help="head and/or finetune")
+    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="extra bundle overrides for every cell (YAML values), e.g. --set max_epochs=2")
     p.add_argument("--bundle", help="bundle folder to drive (default: the profile's `bundle`, else bundles/mdm_glas "
                                     "of this checkout)")

@@ -30,10 +30,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    pretrain = {}
+    pretrain = {}  # one entry per pretraining: a variant that reuses another method's (pretrained_by) adds none
     for r in rows:
         if r.get("pretrain_wall_s") is not None:
-            pretrain.setdefault(r["method"], {"wall_s": r["pretrain_wall_s"]})
+            pretrain.setdefault(r.get("pretrain_method") or r["method"], {"wall_s": r["pretrain_wall_s"]})
     datasets = {r["dataset"] for r in rows if r.get("dataset")}  # one at most: merge_results refuses a mix
     info = {"profile": args.title, "sources": [str(c) for c in args.csv], "pretrain": pretrain,
             **({"dataset": datasets.pop()} if datasets else {}),

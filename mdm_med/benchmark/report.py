@@ -22,8 +22,8 @@ __all__ = ["CSV_FIELDS", "METRICS", "aggregate", "select_on_validation", "markdo
 
 CSV_FIELDS = ["method", "method_label", "protocol", "variant", "seg_mode", "seg_timestep", "label_fraction",
               "labelled_images", "seed", "dice", "iou", "paper_iou", "object_f1", "object_dice", "object_hausdorff",
-              "val_dice", "best_epoch", "epochs_run", "test_images", "pretrain_wall_s", "seg_wall_s", "cell", "dataset",
-              "settings_fingerprint"]
+              "val_dice", "best_epoch", "epochs_run", "test_images", "pretrain_method", "pretrain_wall_s",
+              "seg_wall_s", "cell", "dataset", "settings_fingerprint"]
 # metric -> (column title, shown in %)
 METRICS = {"dice": ("Dice", True), "paper_iou": ("IoU (paper)", True), "iou": ("IoU (per image)", True),
            "object_f1": ("obj F1", True), "object_dice": ("obj Dice", True),
@@ -70,7 +70,9 @@ def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
 
 def select_on_validation(rows: Sequence[dict]) -> tuple[list[dict], dict]:
     """For (method, protocol) arms run at several head timesteps (DDPM), the rows of the timestep with the best mean
-    VALIDATION Dice over seeds, chosen per labelled fraction, relabelled ``variant = "val-best"``.
+    VALIDATION Dice over seeds, chosen per labelled fraction, relabelled ``variant = "val-best"``. The timesteps are
+    compared on the seeds that all of them have a validation Dice for (none in common: no choice), so a timestep
+    with fewer finished seeds cannot win on a lucky one.
 
     Returns ``(selected_rows, choice)`` with ``choice[(method, protocol, fraction)] = chosen variant``.
     """
@@ -83,10 +85,11 @@ def select_on_validation(rows: Sequence[dict]) -> tuple[list[dict], dict]:
     for key, variants in arms.items():
         if len(variants) < 2:
             continue
-        scored = {v: _mean_std([_num(r.get("val_dice")) for r in rs])[0] for v, rs in variants.items()}
-        scored = {v: s for v, s in scored.items() if s is not None}
-        if not scored:
+        val = {v: {str(r.get("seed")): _num(r.get("val_dice")) for r in rs} for v, rs in variants.items()}
+        common = set.intersection(*({s for s, d in by_seed.items() if d is not None} for by_seed in val.values()))
+        if not common:
             continue
+        scored = {v: _mean_std([by_seed[s] for s in common])[0] for v, by_seed in val.items()}
         best = max(scored, key=lambda v: scored[v])
         choice[key] = best
         selected += [{**r, "variant": VAL_BEST, "chosen_variant": best} for r in variants[best]]
@@ -265,9 +268,8 @@ def plot_dice(rows: Sequence[dict], path: str | os.PathLike, title: str = "") ->
     import matplotlib.pyplot as plt
 
     selected, choice = select_on_validation(rows)
-    multi = {(m, p) for (m, p, _f) in choice}
     agg = [a for a in aggregate(list(rows) + selected)
-           if not ((a["method"], a["protocol"]) in multi and a["variant"] != VAL_BEST)]
+           if not ((a["method"], a["protocol"], a["label_fraction"]) in choice and a["variant"] != VAL_BEST)]
     fig, ax = plt.subplots(figsize=(9.5, 4.5))
     arms: dict[tuple, list[dict]] = {}
     for a in agg:
@@ -380,22 +382,26 @@ def read_csv(path: str | os.PathLike) -> list[dict]:
 def merge_results(paths: Sequence[str | os.PathLike], method_order: Sequence[str] = ()) -> list[dict]:
     """The rows of several ``results.csv`` files as one table (:func:`sort_rows` order). A cell found in two files
     is kept once when its measurements agree to the digit and refused otherwise (two different runs of one cell).
-    Rows of another dataset, or seeds of one method / protocol / fraction made with other settings
-    (``settings_fingerprint``; files written before it existed are not checked), are refused too."""
+    Rows of another dataset, of another labelled subset size at one fraction or another test set size, or seeds of
+    one method / protocol / fraction made with other settings (``settings_fingerprint``; files written before it
+    existed are not checked), are refused too."""
     seen: dict[str, tuple[str, dict]] = {}
     first: dict[tuple, tuple[str, str]] = {}  # (dataset) or (group) -> (file, value) first seen
     for path in paths:
         for row in read_csv(path):
             group = (row.get("method"), row.get("protocol"), row.get("variant"), row.get("label_fraction"))
             for key, value, what in ((("dataset",), row.get("dataset"), "datasets"),
-                                     (group, row.get("settings_fingerprint"), "settings")):
-                if value is None:
+                                     (group, row.get("settings_fingerprint"), "settings"),
+                                     (("labelled_images", row.get("label_fraction")), row.get("labelled_images"),
+                                      "labelled subsets"),
+                                     (("test_images",), row.get("test_images"), "test sets")):
+                if value in (None, ""):
                     continue
                 where, known = first.setdefault(key, (str(path), value))
                 if known != value:
                     raise ValueError(f"{path} and {where} hold results with other {what} ({value} vs {known}, "
-                                     f"{'cell ' + row['cell'] if what == 'settings' else 'dataset'}); "
-                                     "combine only runs of one dataset and one set of settings")
+                                     f"{'dataset' if what == 'datasets' else 'cell ' + row['cell']}); "
+                                     "combine only runs of one dataset, one split and one set of settings")
             prev = seen.get(row["cell"])
             if prev is None:
                 seen[row["cell"]] = (str(path), row)

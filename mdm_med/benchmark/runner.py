@@ -78,6 +78,8 @@ VAL_SUMMARY = (
     "'epochs_run': int(@train#trainer.state.epoch)}, "
     "os.path.join(@output_dir, 'val_metrics.json'))"
 )
+# replaces the bundle's pretraining step in a segmentation cell: the weights must exist and match the run's settings
+REQUIRE_PRETRAINED = "$mdm_med.engines.pretrained_ready(@pretrained_checkpoint, @pretrain_meta, required=True)"
 # Keys that only the segmentation run reads: a pretraining job does not get them, so changing them (e.g. a longer
 # fine-tuning budget) reuses the pretraining of the same --out.
 SEGMENTATION_KEYS = frozenset({"max_epochs", "val_interval", "early_stop_patience", "early_stop_warmup", "seg_mode",
@@ -201,7 +203,7 @@ def load_profile(config: str | os.PathLike | dict, overrides: dict | None = None
     bad = sorted(set(bundle_overrides) & RESERVED_KEYS)
     if bad:
         raise ValueError(f"bundle_overrides may not set {bad}: the runner sets them per cell")
-    protocols = tuple(config.get("protocols") or PROTOCOLS)
+    protocols = tuple(dict.fromkeys(config.get("protocols") or PROTOCOLS))  # a value given twice is one cell
     methods: dict[str, Method] = {}
     for name, spec in (config["methods"] or {}).items():
         spec = spec or {}
@@ -215,8 +217,8 @@ def load_profile(config: str | os.PathLike | dict, overrides: dict | None = None
                              "method (set budget keys in bundle_overrides)")
         methods[name] = Method(
             name=name, label=str(spec.get("label", name)), pretrain=bool(spec.get("pretrain", True)),
-            protocols=tuple(spec.get("protocols") or protocols), overrides=ov,
-            head_timesteps=tuple(int(t) for t in spec.get("head_timesteps") or ()),
+            protocols=tuple(dict.fromkeys(spec.get("protocols") or protocols)), overrides=ov,
+            head_timesteps=tuple(dict.fromkeys(int(t) for t in spec.get("head_timesteps") or ())),
             pretrained_by=str(spec.get("pretrained_by") or ""))
     for m in list(methods.values()):
         if not m.pretrained_by:
@@ -322,14 +324,17 @@ def plan_cells(profile: Profile, methods: Sequence[str] | None = None, fractions
 
 def cell_run_list(bundle_run: Sequence, pretrained: bool) -> list:
     """The bundle's ``run`` steps for a benchmark cell: without publishing the model into the bundle's
-    ``models/`` folder, without the pretraining step when the method uses no pretrained weights, and with the
-    best-validation summary (``val_metrics.json``) after training."""
+    ``models/`` folder, with the best-validation summary (``val_metrics.json``) after training, and never
+    pretraining: the runner pretrains in its own job, so the bundle's pretraining step becomes a check that the
+    weights are there (``REQUIRE_PRETRAINED``) for a method that uses them and is dropped for one that does not."""
     out, seen_train = [], False
     for step in bundle_run:
         text = str(step)
         if "publish_model(" in text:
             continue
-        if "@pretrain#trainer.run()" in text and not pretrained:
+        if "@pretrain#trainer.run()" in text:
+            if pretrained:
+                out.append(REQUIRE_PRETRAINED)
             continue
         out.append(step)
         if "@train#trainer.run()" in text:
@@ -346,6 +351,11 @@ def _hash(x) -> str:
 
 def _is_evaluation_key(key: str) -> bool:
     return key.split("#")[0] in EVALUATION_KEYS
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def pretraining_id(result: dict) -> dict:
@@ -735,8 +745,7 @@ class BenchmarkRunner:
         if not ckpt.is_file():
             raise CellFailed(f"{cell.name}: the bundle finished but {ckpt} does not exist")
         ov = self.overrides(cell)
-        with open(ckpt, "rb") as f:
-            sha = hashlib.file_digest(f, "sha256").hexdigest()
+        sha = _sha256(ckpt)
         result = {"cell": cell.name, "method": cell.method.name, "pretrained_checkpoint": str(ckpt), "wall_s": wall,
                   "weights_sha256": sha,
                   "pretrain_iterations": ov.get("pretrain_iterations"), "fingerprint": fingerprint(ov),
@@ -745,7 +754,22 @@ class BenchmarkRunner:
         write_json_atomic(result, self.result_path(cell))
         return result
 
+    def check_pretrained_weights(self, cell: Cell, pretrain_result: dict) -> None:
+        """Refuse to start a segmentation cell when its method's finished pretraining (``result.json``) no longer
+        has the weights it recorded: ``pretrained.pt`` deleted or replaced since."""
+        ckpt = self.pretrain_dir(cell.method) / "pretrained.pt"
+        problem = "does not exist" if not ckpt.is_file() else \
+            "is not the file it recorded (sha256 differs)" if _sha256(ckpt) != pretrain_result.get("weights_sha256") \
+            else None
+        if problem:
+            raise CellFailed(
+                f"{cell.name}: {ckpt} {problem}, though {self.pretrain_dir(cell.method) / 'result.json'} says the "
+                "pretraining finished. Restore the file, or delete that result.json to pretrain again (results made "
+                "from the old weights are then refused).")
+
     def run_segment(self, cell: Cell, pretrain_result: dict | None) -> dict:
+        if pretrain_result is not None:
+            self.check_pretrained_weights(cell, pretrain_result)
         wall = self._launch(cell)
         work = self.work_dir(cell)
         test = self._test_metrics(cell)
@@ -761,6 +785,7 @@ class BenchmarkRunner:
             "val_dice": val.get("best_val_dice"), "best_epoch": val.get("best_val_epoch"),
             "epochs_run": val.get("epochs_run"),
             "pretrain_wall_s": pretrain_result.get("wall_s") if pretrain_result else None,
+            "pretrain_method": pretrain_result.get("method") if pretrain_result else None,
             **({"pretrained_with": pretraining_id(pretrain_result)} if pretrain_result else {}),
             "seg_wall_s": wall, "output_dir": str(work), "fingerprint": fingerprint(ov),
             "config_fingerprint": bundle_fingerprint(self.bundle_config, cell.kind, ov),
