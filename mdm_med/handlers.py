@@ -13,7 +13,8 @@ from ignite.handlers import Checkpoint
 
 from mdm_med.utils import save_atomic
 
-__all__ = ["LoadPretrained", "CheckpointResume", "ExportWeights", "ImageGrid", "Throughput", "EarlyStopAfterWarmup"]
+__all__ = ["LoadPretrained", "CheckpointResume", "ExportWeights", "SaveBestModel", "ImageGrid", "Throughput",
+           "EarlyStopAfterWarmup"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,25 +45,35 @@ class LoadPretrained:
 
 
 class CheckpointResume:
-    """Save ``save_dict`` (network, optimizer, EMA ...) plus the engine's own state (key ``trainer``) to one file
-    every ``interval`` iterations and at the end, atomically; on start, resume from that file when it exists.
-    ``meta`` (settings that made the saved state) is stored with it, and a file saved with other ``meta`` is refused
-    instead of resumed. The current config decides how long to train, so a resumed run may train longer, but not
-    shorter: a file saved past this run's last iteration, or with another epoch length, is refused too.
+    """Save ``save_dict`` (network, optimizer, EMA ...) plus the engine's own state (key ``trainer``) and, under CUDA
+    AMP, its grad scaler (key ``scaler``) to one file every ``interval`` iterations and at the end, atomically; on
+    start, resume from that file when it exists. With gradient accumulation an interval save waits for an iteration
+    that ends an optimiser step (``iteration % accumulation_steps == 0``): the gradient accumulated so far is not
+    saved. ``meta`` (settings that made the saved state) is stored with it, and a file saved with other ``meta`` is
+    refused instead of resumed. The current config decides how long to train, so a resumed run may train longer, but
+    not shorter: a file saved past this run's last iteration, or with another epoch length, is refused too.
     """
 
     def __init__(self, save_dir: str, save_dict: Mapping, interval: int = 200, filename: str = "checkpoint.pt",
-                 meta: Mapping | None = None):
+                 meta: Mapping | None = None, accumulation_steps: int = 1):
         self.path = os.path.join(save_dir, filename)
         self.save_dict = dict(save_dict)
-        self.interval = int(interval)
+        self.interval, self.accumulation_steps = int(interval), int(accumulation_steps)
         self.meta = None if meta is None else dict(meta)
 
     def attach(self, engine: Engine) -> None:
         self.save_dict["trainer"] = engine
         engine.add_event_handler(Events.STARTED, self.load)
-        engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.interval), self.save)
+        engine.add_event_handler(Events.ITERATION_COMPLETED(event_filter=self._due), self.save)
         engine.add_event_handler(Events.COMPLETED, self.save)
+
+    def _due(self, engine: Engine, iteration: int) -> bool:
+        return iteration % self.interval == 0 and iteration % self.accumulation_steps == 0
+
+    @staticmethod
+    def _scaler(engine: Engine):
+        """The engine's grad scaler (MONAI creates it when a CUDA AMP run starts), else None."""
+        return getattr(engine, "scaler", None)
 
     def load(self, engine: Engine) -> None:
         if not os.path.isfile(self.path):
@@ -81,12 +92,17 @@ class CheckpointResume:
             raise ValueError(f"{self.path} was saved at iteration {saved.get('iteration')} with epoch length "
                              f"{saved.get('epoch_length')}; this run trains {last} iterations with epoch length "
                              f"{length}, so it cannot resume it: delete it to start over")
-        Checkpoint.load_objects(to_load=self.save_dict, checkpoint={k: v for k, v in ckpt.items() if k != "meta"})
+        Checkpoint.load_objects(to_load=self.save_dict,
+                                checkpoint={k: v for k, v in ckpt.items() if k not in ("meta", "scaler")})
+        if "scaler" in ckpt and self._scaler(engine) is not None:
+            self._scaler(engine).load_state_dict(ckpt["scaler"])
         engine.state.max_epochs = max_epochs  # the current config decides how long to train
         logger.info("resumed from %s at epoch %d, iteration %d", self.path, engine.state.epoch, engine.state.iteration)
 
     def save(self, engine: Engine) -> None:
         state = {k: v.state_dict() for k, v in self.save_dict.items()}
+        if self._scaler(engine) is not None:
+            state["scaler"] = self._scaler(engine).state_dict()
         save_atomic(state if self.meta is None else {**state, "meta": self.meta}, self.path)
 
 
@@ -104,6 +120,26 @@ class ExportWeights:
         meta = {**self.meta, "iterations": engine.state.iteration}
         save_atomic({"state_dict": net.state_dict(), "meta": meta}, self.path)
         logger.info("exported weights to %s", self.path)
+
+
+class SaveBestModel:
+    """Attach to an evaluator with a key metric: after each validation that improved it (MONAI's
+    ``state.best_metric_epoch`` is the epoch just run), write ``network.state_dict()`` (unwrapped from DDP)
+    atomically to ``path``, so a crash never leaves a half-written or no best model. MONAI's ``CheckpointSaver``
+    deletes the previous best before writing the new one in place."""
+
+    def __init__(self, path: str, network: torch.nn.Module):
+        self.path, self.network = path, network
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)  # after the workflow's own best-metric update
+
+    def __call__(self, engine: Engine) -> None:
+        if engine.state.best_metric_epoch != engine.state.epoch:
+            return
+        save_atomic(getattr(self.network, "module", self.network).state_dict(), self.path)
+        logger.info("best %s so far (%.4f): saved %s", engine.state.key_metric_name, engine.state.best_metric,
+                    self.path)
 
 
 def _batched(output, key):

@@ -1,5 +1,5 @@
-"""Engine helpers that every bundle run relies on: early stopping after warm-up, the paper's IoU, and the seeded
-masking of pretraining batches."""
+"""Engine helpers that every bundle run relies on: early stopping after warm-up, the paper's IoU, the seeded
+masking of pretraining batches, the resumable pretraining checkpoint and the atomically saved best model."""
 
 import pytest
 import torch
@@ -7,7 +7,7 @@ from ignite.engine import Engine, Events
 
 from mdm_med.corruption import PatchMasking
 from mdm_med.engines import MaskedPrepareBatch
-from mdm_med.handlers import EarlyStopAfterWarmup
+from mdm_med.handlers import CheckpointResume, EarlyStopAfterWarmup, SaveBestModel
 from mdm_med.metrics import PaperIoUMetric
 
 
@@ -61,3 +61,52 @@ def test_masked_batches_are_seeded():
         assert torch.equal(ta, tb) and torch.equal(xa, xb) and torch.equal(x0, x)
     assert not torch.equal(a[0][2][0], a[1][2][0]) or not torch.equal(a[0][0], a[1][0])  # the stream moves on
     assert any(not torch.equal(p[0], q[0]) for p, q in zip(a, c))  # another seed, other masks
+
+
+def test_checkpoint_waits_for_the_end_of_an_accumulated_step_and_keeps_the_grad_scaler(tmp_path, monkeypatch):
+    """Interval saves land only where an optimiser step ends (the accumulated gradient is not in the file); a grad
+    scaler (CUDA AMP) is saved and restored with the rest."""
+    import mdm_med.handlers as handlers
+
+    net = torch.nn.Linear(2, 1)
+    saved = []
+    real_save = handlers.save_atomic
+    monkeypatch.setattr(handlers, "save_atomic", lambda obj, path: (saved.append(obj["trainer"]["iteration"]),
+                                                                    real_save(obj, path)))
+
+    def run(scaler=None, max_epochs=2):
+        engine = Engine(lambda e, b: None)
+        engine.scaler = scaler
+        CheckpointResume(str(tmp_path), {"network": net}, interval=6, accumulation_steps=4).attach(engine)
+        engine.run(range(8), max_epochs=max_epochs)  # 8 iterations per epoch
+        return engine
+
+    run()
+    assert saved == [12, 16]  # 6 and 18 fall inside an accumulated step; 12 ends one; 16 is the end
+    (tmp_path / "checkpoint.pt").unlink()
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    run(scaler)
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["scaler"]["scale"] == 1024.0
+    fresh = torch.amp.GradScaler("cpu")  # a resumed run starts a new scaler: it gets the saved scale back
+    engine = run(fresh, max_epochs=3)
+    assert fresh.get_scale() == 1024.0 and engine.state.iteration == 24
+
+
+def test_best_model_is_saved_atomically_when_validation_improves(tmp_path, monkeypatch):
+    import mdm_med.handlers as handlers
+
+    net = torch.nn.Linear(2, 1)
+    evaluator = Engine(lambda e, b: None)
+    evaluator.state.best_metric_epoch, evaluator.state.key_metric_name, evaluator.state.best_metric = -1, "dice", -1
+    scores, writes = [0.5, 0.7, 0.6], []
+    monkeypatch.setattr(handlers, "save_atomic", lambda obj, path: writes.append((evaluator.state.epoch, path)))
+
+    @evaluator.on(Events.EPOCH_COMPLETED)
+    def compare(engine):  # the workflow's own best-metric update runs first
+        score = scores[engine.state.epoch - 1]
+        if score > engine.state.best_metric:
+            engine.state.best_metric, engine.state.best_metric_epoch = score, engine.state.epoch
+
+    SaveBestModel(str(tmp_path / "model.pt"), net).attach(evaluator)
+    evaluator.run([0], max_epochs=3)
+    assert writes == [(1, str(tmp_path / "model.pt")), (2, str(tmp_path / "model.pt"))]  # not after epoch 3
