@@ -40,8 +40,10 @@ def resolved_config(path: str | os.PathLike, repo_root: str | os.PathLike = REPO
 
 def export_bundle(bundle: str | os.PathLike, out: str | os.PathLike, repo_root: str | os.PathLike = REPO_ROOT,
                   parts: Sequence[str] = BUNDLE_PARTS) -> Path:
-    """Copy ``parts`` of ``bundle`` to ``out``, writing every ``configs/*.json`` resolved (links followed). Returns
-    ``out``. ``configs/metadata.json`` must exist. The copy is built beside ``out`` and swapped in whole; an existing
+    """Copy ``parts`` of ``bundle`` to ``out``, writing every ``configs/*.json`` resolved (links followed), with
+    ``bundle_root`` set to ``"."`` (MONAI's convention: run from the copy's folder, or pass ``--bundle_root``; the
+    repository's ``locate_bundle`` would find the repository's own bundle first). Returns ``out``.
+    ``configs/metadata.json`` must exist. The copy is built beside ``out`` and swapped in whole; an existing
     ``out`` is replaced only when it is empty or an earlier export (nothing but bundle parts, no ``runs/``)."""
     src, dst = Path(bundle).resolve(), Path(out).resolve()
     if not (src / "configs" / "metadata.json").is_file():
@@ -56,7 +58,10 @@ def export_bundle(bundle: str | os.PathLike, out: str | os.PathLike, repo_root: 
             elif s.is_file():
                 shutil.copy2(s, tmp / part)
         for cfg in sorted((src / "configs").glob("*.json")):
-            text = json.dumps(resolved_config(cfg, repo_root), indent=4) + "\n"
+            config = resolved_config(cfg, repo_root)
+            if isinstance(config, dict) and "bundle_root" in config:
+                config["bundle_root"] = "."
+            text = json.dumps(config, indent=4) + "\n"
             target = tmp / "configs" / cfg.name
             target.unlink(missing_ok=True)  # a copied link would write through to the recipe
             atomic_write(target, lambda path, t=text: Path(path).write_text(t))

@@ -74,7 +74,8 @@ def check_bundle(bundle: str | os.PathLike) -> Path:
             f"{model} does not exist: train the bundle first "
             f"(python -m monai.bundle run --config_file {path}/configs/train.json)")
     if not (path / "models" / "model_settings.json").is_file():
-        logger.warning("%s has no models/model_settings.json: inference falls back to the config defaults", path)
+        raise FileNotFoundError(f"{path / 'models' / 'model_settings.json'} does not exist: inference rebuilds the "
+                                "model from it; publish the model by training the bundle (publish=true)")
     return path
 
 

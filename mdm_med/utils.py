@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import logging
 import os
@@ -16,7 +18,7 @@ from mdm_med.data.datalist import write_json_atomic
 from mdm_med.io import atomic_write
 
 __all__ = ["locate_bundle", "save_atomic", "copy_atomic", "write_run_record", "seed_everything", "publish_model",
-           "model_setting"]
+           "model_setting", "check_evaluation_data"]
 
 logger = logging.getLogger(__name__)
 
@@ -98,27 +100,71 @@ def _jsonable(obj):
 MODEL_SETTINGS = "model_settings.json"
 
 
+def _sha256(path: str | os.PathLike) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def publish_model(ckpt_path: str, models_dir: str, settings: dict) -> str:
     """Copy the trained model to ``models_dir/model.pt`` with the settings inference needs to rebuild it
-    (``model_settings.json``: preset, mode, scale, crop ...); both atomically."""
+    (``model_settings.json``: preset, mode, scale, crop ..., and ``model_sha256``, the model file's hash); both
+    atomically. Written one after the other, so the hash tells a settings file from the model it describes:
+    :func:`model_setting` refuses a pair left mismatched by an interrupted publish."""
     dst = copy_atomic(ckpt_path, os.path.join(models_dir, "model.pt"))
-    write_json_atomic(_jsonable(settings), os.path.join(models_dir, MODEL_SETTINGS))
+    write_json_atomic(_jsonable({**settings, "model_sha256": _sha256(dst)}),
+                      os.path.join(models_dir, MODEL_SETTINGS))
     return dst
 
 
 _REQUIRED = object()
 
 
+@functools.lru_cache(maxsize=8)
+def _model_matches(model: str, mtime_ns: int, size: int, sha: str) -> bool:
+    return _sha256(model) == sha
+
+
 def model_setting(models_dir: str, key: str, default=_REQUIRED):
     """One entry of ``models_dir/model_settings.json`` (written by ``publish_model``), or ``default``; without a
-    default, a missing file or key raises ``FileNotFoundError`` / ``KeyError`` saying to train and publish first."""
+    default, a missing file or key raises ``FileNotFoundError`` / ``KeyError`` saying to train and publish first.
+    A missing file raises even with a default when ``models_dir/model.pt`` exists (a model is never rebuilt from
+    guessed settings; the default serves configs checked before any model exists), and a settings file whose
+    ``model_sha256`` is not the hash of ``model.pt`` raises ``ValueError``."""
     path = os.path.join(models_dir, MODEL_SETTINGS)
+    model = os.path.join(models_dir, "model.pt")
     if not os.path.isfile(path):
-        if default is _REQUIRED:
-            raise FileNotFoundError(f"{path} not found: train the bundle with publish=true first")
+        if default is _REQUIRED or os.path.isfile(model):
+            raise FileNotFoundError(f"{path} not found: train the bundle with publish=true first"
+                                    + (f" ({model} alone does not say how to rebuild the model)"
+                                       if os.path.isfile(model) else ""))
         return default
     with open(path) as f:
         settings = json.load(f)
+    if settings.get("model_sha256") and os.path.isfile(model):
+        st = os.stat(model)
+        if not _model_matches(model, st.st_mtime_ns, st.st_size, settings["model_sha256"]):
+            raise ValueError(f"{model} is not the model {path} describes (sha256 differs): a publish was "
+                             "interrupted or one of the files was replaced; train and publish again")
     if key not in settings and default is _REQUIRED:
         raise KeyError(f"{path} has no {key!r}; it was written by another version: train and publish again")
     return settings.get(key, default)
+
+
+def check_evaluation_data(models_dir: str, is_demo: bool, data_settings: dict) -> None:
+    """Refuse to evaluate a published model on other data than it was trained for: demo data for a model trained on
+    real data (or the reverse), or another split / preprocessing (the bundle's ``data_settings``, e.g. the
+    hippocampus split seed and spacing), which could put training cases in the test set."""
+    trained_demo = model_setting(models_dir, "is_demo", None)
+    if trained_demo is not None and bool(trained_demo) != bool(is_demo):
+        where = "the built-in demo data" if trained_demo else model_setting(models_dir, "trained_on", "real data")
+        raise ValueError(f"the model in {models_dir} was trained on {where}, but this evaluation reads "
+                         f"{'the demo data' if is_demo else 'real data'}: pass --dataset_dir to the data it was "
+                         "trained on" + (" (or none, for the demo)" if trained_demo else ""))
+    recorded = model_setting(models_dir, "data_settings", None)
+    if recorded is None:
+        return
+    diff = {k: (recorded.get(k), v) for k, v in _jsonable(dict(data_settings)).items() if recorded.get(k) != v}
+    if diff:
+        hint = " ".join(f"--{k} {json.dumps(t)!r}" for k, (t, _) in diff.items())
+        raise ValueError(f"the model in {models_dir} was trained with other data settings (trained vs this run: "
+                         f"{diff}); pass them ({hint}) to evaluate it on its own split and preprocessing")

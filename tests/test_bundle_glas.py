@@ -44,6 +44,18 @@ def test_train_evaluate_infer(tmp_path, tiny_glas, mode):
     ev.run()
     again = json.load(open(os.path.join(root, "eval", "test_metrics.json")))
     assert again["test_mean_dice"] == pytest.approx(metrics["test_mean_dice"], abs=1e-6)  # deterministic evaluation
+    if mode == "finetune":
+        # evaluate.json's data is the model's own by default; the demo data is refused for a model trained on real data
+        os.remove(os.path.join(root, "eval", "test_metrics.json"))
+        ev = workflow(["train.json", "evaluate.json"], bundle_root=root, **TINY)
+        ev.initialize()
+        ev.run()
+        assert json.load(open(os.path.join(root, "eval", "test_metrics.json")))["is_demo"] is False
+        with pytest.raises(Exception) as err:
+            ev = workflow(["train.json", "evaluate.json"], bundle_root=root, dataset_dir="",
+                          demo_dir=str(tmp_path / "demo"), **TINY)
+            ev.initialize()
+        assert any("trained on " + tiny_glas in m and "reads the demo data" in m for m in _messages(err.value))
 
     src = os.path.join(tiny_glas, "testA_1.png")
     img_dir = tmp_path / "images"
@@ -57,6 +69,27 @@ def test_train_evaluate_infer(tmp_path, tiny_glas, mode):
     mask = Image.open(out / "case_seg.png")
     assert mask.size == Image.open(src).size and mask.mode == "L"
     assert set(np.unique(np.asarray(mask)).tolist()) <= {0, 1}
+    if mode == "head":  # a model.pt that is not the one its model_settings.json describes is refused
+        with open(os.path.join(root, "models", "model.pt"), "ab") as f:
+            f.write(b"0")
+        with pytest.raises(Exception) as err:
+            inf = workflow(["inference.json"], kind="infer", bundle_root=root, dataset_dir=str(img_dir),
+                           output_dir=str(out))
+            inf.initialize()
+            inf.run()
+        assert any("is not the model" in m and "sha256 differs" in m for m in _messages(err.value))
+
+
+def test_evaluation_refuses_other_data_settings(tmp_path):
+    from mdm_med.utils import check_evaluation_data
+
+    (tmp_path / "model_settings.json").write_text(json.dumps(
+        {"is_demo": False, "trained_on": "/data/x", "data_settings": {"split_seed": 0, "spacing": [1.0, 1.0, 1.0]}}))
+    check_evaluation_data(str(tmp_path), False, {"split_seed": 0, "spacing": (1.0, 1.0, 1.0)})
+    with pytest.raises(ValueError, match=r"'split_seed': \(0, 1\).*--split_seed '0'"):
+        check_evaluation_data(str(tmp_path), False, {"split_seed": 1, "spacing": [1.0, 1.0, 1.0]})
+    with pytest.raises(ValueError, match="trained on /data/x, but this evaluation reads the demo data"):
+        check_evaluation_data(str(tmp_path), True, {})
 
 
 def _messages(e: BaseException | None) -> list[str]:

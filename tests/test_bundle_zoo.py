@@ -21,7 +21,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUNDLES = {
     "mdm_glas": (3, 2, [64, 64], {"preset": "tiny", "image_scale": 0.5, "crop_size": 64}),
     "mdm_monuseg": (3, 2, [64, 64], {"preset": "cpu", "image_scale": 1.0, "crop_size": 64}),
-    "mdm_hippocampus": (1, 3, [32, 32, 32], {"preset": "cpu3d", "image_scale": 1.0, "crop_size": 32}),
+    "mdm_hippocampus": (1, 3, [32, 32, 32], {"preset": "cpu3d", "image_scale": 1.0, "crop_size": 32, "data_settings": {
+        "spacing": [1.0, 1.0, 1.0], "mr_percentiles": [0.5, 99.5]}}),
 }
 
 
@@ -205,6 +206,8 @@ def test_export_replaces_only_an_earlier_export(tmp_path):
     (out / "configs" / "stale.json").write_text("{}")
     assert export_bundle(src, out, parts=("configs",)) == out  # an earlier export is replaced whole
     assert not (out / "configs" / "stale.json").exists() and (out / "configs" / "metadata.json").is_file()
+    for name in ("train.json", "inference.json"):  # the copy is its own root, never the repository's bundle
+        assert json.loads((out / "configs" / name).read_text())["bundle_root"] == "."
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary folders left
     (out / "runs").mkdir()  # a bundle someone has trained in is not an export any more
     with pytest.raises(FileExistsError, match="runs"):
@@ -228,3 +231,19 @@ def test_inference_cleans_masks_as_the_model_was_tested(tmp_path, bundle):
     assert names.index("AsDiscreted") < names.index("CleanLabelMapd")
     clean = next(s for s in steps if isinstance(s, CleanLabelMapd))
     assert (clean.min_object_size, clean.fill_holes) == (7, True)
+
+
+def test_hippocampus_inference_reads_the_trained_spacing_and_intensity_window(tmp_path):
+    from mdm_med.bundle import export_bundle
+
+    root = export_bundle(os.path.join(ROOT, "bundles", "mdm_hippocampus"), tmp_path / "b", parts=("configs",))
+    (root / "models").mkdir()
+    data = {"spacing": [1.5, 1.5, 2.0], "mr_percentiles": [1.0, 99.0], "split_seed": 3, "val_frac": 0.1,
+            "test_frac": 0.2}
+    (root / "models" / "model_settings.json").write_text(json.dumps({"data_settings": data}))
+    parser = ConfigParser()
+    parser.read_config(str(root / "configs" / "inference.json"))
+    parser["bundle_root"] = str(root)
+    assert parser.get_parsed_content("spacing") == [1.5, 1.5, 2.0]
+    scale = parser.get_parsed_content("preprocessing").transforms[-1]
+    assert (scale.scaler.lower, scale.scaler.upper) == (1.0, 99.0)

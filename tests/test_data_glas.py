@@ -156,6 +156,15 @@ def test_inference_items_lists_images_and_refuses_nothing(tmp_path):
         inference_items(tmp_path / "missing_dir", (".png",))
     with pytest.raises(FileNotFoundError, match=r"no images ending in \.bmp"):
         inference_items(tmp_path, (".bmp",))
+    (tmp_path / "._img_3.png").write_bytes(b"")  # macOS resource fork: hidden, not an image
+    assert len(inference_items(tmp_path, (".png",), exclude="_anno")) == 2
+    (tmp_path / "img_10.bmp").write_bytes(b"")  # one output name (img_10_seg) for two inputs
+    with pytest.raises(ValueError, match="img_10.bmp and img_10.png: their predictions would both be saved"):
+        inference_items(tmp_path, (".png", ".bmp"), exclude="_anno")
+    for name in ("a.nii", "a.nii.gz"):
+        (tmp_path / name).write_bytes(b"")
+    with pytest.raises(ValueError, match="a.nii and a.nii.gz"):
+        inference_items(tmp_path, (".nii.gz", ".nii"))
 
 
 def test_clean_label_map_removes_small_objects_per_class_and_fills_holes():

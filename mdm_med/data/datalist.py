@@ -168,19 +168,29 @@ def resolve_dataset_dir(dataset_dir: str | os.PathLike | None, demo_dir: str | o
 
 def inference_items(dataset_dir: str | os.PathLike, suffixes: Sequence[str], exclude: str | None = None) -> list[dict]:
     """``[{"image": path}, ...]``: the files in ``dataset_dir`` ending in one of ``suffixes`` (case-insensitive),
-    natural order, skipping names that contain ``exclude`` (e.g. GlaS ``_anno`` masks).
+    natural order, skipping hidden files (``.name``, e.g. macOS ``._x.nii.gz``) and names that contain ``exclude``
+    (e.g. GlaS ``_anno`` masks).
 
     A missing folder or one with no such files raises ``FileNotFoundError`` naming it, so inference never runs
-    silently over nothing.
+    silently over nothing; two files with one name before the suffix (``x.png`` + ``x.bmp``, ``a.nii`` +
+    ``a.nii.gz``) raise ``ValueError``: their predictions would be saved under one name.
     """
     folder = str(dataset_dir or "")
     if not folder.strip() or not os.path.isdir(folder):
         raise FileNotFoundError(f"inference dataset_dir {folder!r} is not a folder: pass --dataset_dir <folder with "
                                 f"the images to segment ({', '.join(suffixes)})>")
     ends = tuple(x.lower() for x in suffixes)
-    names = [n for n in os.listdir(folder) if n.lower().endswith(ends) and not (exclude and exclude in n)
-             and os.path.isfile(os.path.join(folder, n))]
+    names = [n for n in os.listdir(folder) if n.lower().endswith(ends) and not n.startswith(".")
+             and not (exclude and exclude in n) and os.path.isfile(os.path.join(folder, n))]
     if not names:
         raise FileNotFoundError(f"inference dataset_dir {folder} has no images ending in {', '.join(suffixes)}"
                                 + (f" (names containing {exclude!r} are skipped)" if exclude else ""))
-    return [{"image": os.path.join(folder, n)} for n in sorted(names, key=natural_key)]
+    names = sorted(names, key=natural_key)
+    stems: dict[str, str] = {}
+    for n in names:
+        stem = n[: -max(len(e) for e in ends if n.lower().endswith(e))]
+        if stem in stems:
+            raise ValueError(f"inference dataset_dir {folder} holds {stems[stem]} and {n}: their predictions would "
+                             f"both be saved as {stem}_seg; keep one of them")
+        stems[stem] = n
+    return [{"image": os.path.join(folder, n)} for n in names]
