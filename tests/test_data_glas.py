@@ -219,3 +219,29 @@ def test_touching_glands_stay_apart_for_object_metrics(tmp_path):
     merged = test["label"][None].long()  # a prediction that joins the two glands
     f1 = GlaSObjectF1Metric()
     assert f1(merged, test["instance"][None]).item() < 1.0 and f1(merged, test["label"][None].long()).item() == 1.0
+
+
+def test_masks_are_written_atomically(tmp_path, monkeypatch):
+    from monai.data import PILWriter
+    from PIL import Image
+
+    from mdm_med.data.transforms import AtomicPILWriter
+
+    def save(mask):
+        writer = AtomicPILWriter(output_dtype=np.uint8)
+        writer.set_data_array(mask, channel_dim=None)
+        writer.write(tmp_path / "case_seg.png", verbose=True)
+
+    save(np.ones((4, 5), dtype=np.uint8))
+    before = (tmp_path / "case_seg.png").read_bytes()
+    assert np.asarray(Image.open(tmp_path / "case_seg.png")).shape == (5, 4)
+
+    def crash(self, filename, verbose=False, **kwargs):
+        open(filename, "wb").write(b"\x89PNG half")  # killed mid-write
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(PILWriter, "write", crash)
+    with pytest.raises(KeyboardInterrupt):
+        save(np.zeros((4, 5), dtype=np.uint8))
+    assert (tmp_path / "case_seg.png").read_bytes() == before  # the earlier mask, whole
+    assert [p.name for p in tmp_path.iterdir()] == ["case_seg.png"]  # no temporary file left

@@ -2,17 +2,42 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
 import torch
 from monai.config import KeysCollection
-from monai.data import MetaTensor
+from monai.data import MetaTensor, NibabelWriter, PILWriter
 from monai.transforms import FillHoles, LoadImage, MapTransform
 from scipy import ndimage
 
-__all__ = ["LoadHistologyd", "CleanLabelMapd", "check_items", "check_histology_files", "check_datalist_files"]
+from mdm_med.io import atomic_write
+
+__all__ = ["LoadHistologyd", "CleanLabelMapd", "check_items", "check_histology_files", "check_datalist_files",
+           "AtomicPILWriter", "AtomicNibabelWriter"]
+
+logger = logging.getLogger(__name__)
+
+
+class _AtomicWrite:
+    """Mixin for MONAI image writers: ``write`` goes through a temporary file beside the target
+    (``mdm_med.io.atomic_write``), so an interrupted inference never leaves a truncated mask under its final name."""
+
+    def write(self, filename, verbose: bool = False, **kwargs):
+        parent_write = super().write
+        atomic_write(filename, lambda tmp: parent_write(tmp, verbose=False, **kwargs))
+        if verbose:
+            logger.info("writing: %s", filename)
+
+
+class AtomicPILWriter(_AtomicWrite, PILWriter):
+    """MONAI's ``PILWriter`` (2-D masks: PNG ...), written atomically."""
+
+
+class AtomicNibabelWriter(_AtomicWrite, NibabelWriter):
+    """MONAI's ``NibabelWriter`` (NIfTI), written atomically."""
 
 
 def _name(x) -> str:
