@@ -597,15 +597,16 @@ def bundle_pretrain_transforms(image_scale: float, crop: int):
 
 
 def bench_data(cfg: Config) -> dict:
-    from monai.data import CacheDataset, DataLoader
+    from monai.data import DataLoader
 
+    from mdm_med.data.dataset import TrainingCacheDataset
     from mdm_med.engines import MaskedPrepareBatch
 
     dev = cfg.device
     items, what = _glas_train_images(cfg)
     chain = bundle_pretrain_transforms(cfg.image_scale, cfg.crop)
     t0 = time.perf_counter()
-    ds = CacheDataset(items, transform=chain, num_workers=cfg.num_workers or None, progress=False)
+    ds = TrainingCacheDataset(items, transform=chain, num_workers=cfg.num_workers or None, progress=False)
     cache_s = time.perf_counter() - t0
     chain.set_random_state(0)
     steps = cfg.data_steps + 1  # the first one is a warm-up
@@ -645,7 +646,7 @@ def bench_data(cfg: Config) -> dict:
     shape = tuple(batch["image"].shape)
     detail = (f"{len(items)} {what}; bundle chain `pretrain#preprocessing` (LoadHistologyd -> Zoomd "
               f"{cfg.image_scale} -> ScaleIntensityRanged -> SpatialPadd -> RandSpatialCropd {cfg.crop} -> RandFlipd "
-              f"-> EnsureTyped) through CacheDataset (built in {cache_s:.1f} s, once) and DataLoader "
+              f"-> EnsureTyped) through the recipe's TrainingCacheDataset (built in {cache_s:.1f} s, once) and DataLoader "
               f"(num_workers={cfg.num_workers}, batch {shape}); step = masking + forward + SSIM + backward + AdamW "
               f"of the `{cfg.preset}` preset.\n\n"
               + _table(["measured steps", "wait for batch, ms (median)", "step incl. wait, s (median)",

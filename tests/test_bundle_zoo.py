@@ -228,7 +228,7 @@ def test_inference_cleans_masks_as_the_model_was_tested(tmp_path, bundle):
     parser["bundle_root"] = str(root)
     steps = parser.get_parsed_content("postprocessing").transforms
     names = [type(s).__name__ for s in steps]
-    assert names.index("AsDiscreted") < names.index("CleanLabelMapd")
+    assert names.index("ChannelArgmaxd") < names.index("CleanLabelMapd")
     clean = next(s for s in steps if isinstance(s, CleanLabelMapd))
     assert (clean.min_object_size, clean.fill_holes) == (7, True)
 

@@ -9,13 +9,14 @@ from collections.abc import Hashable, Mapping, Sequence
 import numpy as np
 import torch
 from monai.config import KeysCollection
-from monai.data import MetaTensor, NibabelWriter, PILWriter
-from monai.transforms import FillHoles, LoadImage, MapTransform
+from monai.data import MetaTensor, NibabelWriter, PILWriter, get_track_meta
+from monai.transforms import AsDiscrete, AsDiscreted, FillHoles, LoadImage, MapTransform
+from monai.utils import convert_to_dst_type, convert_to_tensor
 from scipy import ndimage
 
 from mdm_med.io import atomic_write
 
-__all__ = ["LoadHistologyd", "CleanLabelMapd", "check_items", "check_histology_files", "check_datalist_files",
+__all__ = ["LoadHistologyd", "CleanLabelMapd", "ChannelArgmaxd", "channel_argmax", "check_items", "check_histology_files", "check_datalist_files",
            "AtomicPILWriter", "AtomicNibabelWriter"]
 
 logger = logging.getLogger(__name__)
@@ -171,6 +172,37 @@ class CleanLabelMapd(MapTransform):
             cleaned = torch.as_tensor(labels[None], dtype=t.dtype, device=t.device)
             d[key] = x.clone().copy_(cleaned) if isinstance(x, torch.Tensor) else cleaned.cpu().numpy().astype(x.dtype)
         return d
+
+
+def channel_argmax(x: torch.Tensor) -> torch.Tensor:
+    """(C, *S) -> (1, *S) int64, equal to ``torch.argmax(x, 0, keepdim=True)`` (ties and NaN included), computed
+    over a channel-last copy: ATen's CPU argmax over the leading dimension of a contiguous tensor is about 10x
+    slower than over the innermost one (120 ms against 11 ms for a 2 x 522 x 775 GlaS prediction, one thread)."""
+    return x.movedim(0, -1).contiguous().argmax(-1).unsqueeze(0)
+
+
+class _ChannelArgmax(AsDiscrete):
+    """MONAI's ``AsDiscrete`` whose argmax over the channel dimension (0, keepdim) is ``channel_argmax``."""
+
+    def __call__(self, img, argmax=None, to_onehot=None, threshold=None, rounding=None):
+        argmax = self.argmax if argmax is None else argmax
+        if argmax and self.kwargs.get("dim", 0) == 0 and self.kwargs.get("keepdim", True):
+            img = convert_to_tensor(img, track_meta=get_track_meta())
+            plain = img.as_tensor() if isinstance(img, MetaTensor) else img
+            img = convert_to_dst_type(channel_argmax(plain), img, dtype=self.kwargs.get("dtype", torch.float))[0]
+            argmax = False
+        return super().__call__(img, argmax, to_onehot, threshold, rounding)
+
+
+class ChannelArgmaxd(AsDiscreted):
+    """MONAI's ``AsDiscreted`` (same arguments, same output) with the faster ``channel_argmax``: predictions
+    (C, *S) -> class indices (1, *S), or one-hot (num_classes, *S) with ``to_onehot``."""
+
+    def __init__(self, keys: KeysCollection, *args, **kwargs):
+        super().__init__(keys, *args, **kwargs)
+        converter = _ChannelArgmax()
+        converter.kwargs = self.converter.kwargs
+        self.converter = converter
 
 
 def check_items(items: Sequence[dict], keys: Sequence[str] = ("image", "label"), what: str = "dataset") -> None:
