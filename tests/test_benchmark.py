@@ -261,7 +261,18 @@ def test_results_from_another_bundle_version_are_refused(tmp_path):
     assert nested == bundle_fingerprint(config, "segment", {"train": {**config["train"], "batch_size": 3}})
 
 
-def test_stopping_the_runner_kills_its_cells(tmp_path, monkeypatch):
+@pytest.fixture
+def sigint_raises():
+    """SIGINT raises KeyboardInterrupt in the main thread, as in a terminal: a process started in the background
+    by a non-interactive shell inherits SIGINT ignored, and then ``_thread.interrupt_main`` does nothing."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_stopping_the_runner_kills_its_cells(tmp_path, monkeypatch, sigint_raises):
     """Ctrl-C (or SIGTERM, which the command line turns into it) in the runner kills the bundle processes it
     started, so a restart never meets an orphaned cell still writing into its folder."""
     import _thread
@@ -275,13 +286,69 @@ def test_stopping_the_runner_kills_its_cells(tmp_path, monkeypatch):
     pid_file = tmp_path / "pid"
     child = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
     monkeypatch.setattr(runner, "command", lambda cell, ov: [sys.executable, "-c", child])
-    threading.Timer(2.0, _thread.interrupt_main).start()
-    start = time.time()
-    with pytest.raises(KeyboardInterrupt):
-        runner.run(plan_cells(profile)[:1])
-    assert time.time() - start < 20 and pid_file.is_file()
+    interrupted_at, stop = [], threading.Event()
+
+    def interrupt_once_the_cell_runs():  # not a fixed delay: a loaded machine may take seconds to start the cell
+        deadline = time.time() + 120
+        while not pid_file.is_file() and time.time() < deadline and not stop.is_set():
+            time.sleep(0.05)
+        if not stop.wait(0.5):
+            interrupted_at.append(time.time())
+            _thread.interrupt_main()
+
+    watcher = threading.Thread(target=interrupt_once_the_cell_runs, daemon=True)
+    watcher.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            runner.run(plan_cells(profile)[:1])
+    finally:
+        stop.set()
+        watcher.join()
+    assert pid_file.is_file() and time.time() - interrupted_at[0] < 20
     with pytest.raises(ProcessLookupError):
         os.kill(int(pid_file.read_text()), 0)  # killed and reaped, not left running
+
+
+def test_a_cell_starting_while_the_runner_stops_never_starts_its_process(tmp_path, monkeypatch, sigint_raises):
+    """Ctrl-C while a cell thread is still preparing its command: that thread must not start the bundle after the
+    runner has killed the running ones (the runner would then wait for an orphan cell, up to hours)."""
+    import _thread
+    import sys
+    import threading
+    import time
+
+    profile = load_profile({"name": "t", "fractions": [0.1], "seeds": [0], "methods": {"a": {"protocols": ["head"]}}})
+    runner = BenchmarkRunner(profile, tmp_path / "data", tmp_path / "out", log=lambda *a: None, jobs=2)
+    pid_file = tmp_path / "pid"
+    child = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
+    preparing, release = threading.Event(), threading.Event()
+
+    def slow_command(cell, ov):  # runs in the cell thread just before the process would start
+        preparing.set()
+        release.wait(60)
+        return [sys.executable, "-c", child]
+
+    monkeypatch.setattr(runner, "command", slow_command)
+
+    def interrupt_while_preparing():
+        if preparing.wait(120):
+            _thread.interrupt_main()
+            deadline = time.time() + 10
+            while not runner._stopping and time.time() < deadline:
+                time.sleep(0.02)
+        release.set()
+
+    watcher = threading.Thread(target=interrupt_while_preparing, daemon=True)
+    watcher.start()
+    start = time.time()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            runner.run(plan_cells(profile)[:1])
+    finally:
+        release.set()
+        watcher.join()
+    time.sleep(1.0)  # a process started anyway would have written its pid by now
+    assert time.time() - start < 30 and not pid_file.exists()
 
 
 def test_results_from_another_pretraining_are_refused(tmp_path):

@@ -566,6 +566,8 @@ class BenchmarkRunner:
         self.bundle_config = resolved_config(self.bundle_dir / "configs" / "train.json", self.repo_root)
         self.bundle_run = self.bundle_config["run"]
         self._procs: set[subprocess.Popen] = set()  # the bundle processes running now (killed if the runner stops)
+        self._procs_lock = threading.Lock()  # a cell thread starting a process and the main thread stopping them
+        self._stopping = False  # set once the runner stops: no cell thread starts a process after that
 
     # paths --------------------------------------------------------------------------------------------------
     def pretrain_dir(self, method: Method) -> Path:
@@ -714,10 +716,9 @@ class BenchmarkRunner:
                 write_json_atomic({"wall_s": previous["wall_s"] + elapsed, "fingerprint": fp}, attempts)
 
         try:
-            with open(log_path, "a") as log, subprocess.Popen(
+            with open(log_path, "a") as log, self._start_process(
                     cmd, cwd=self.repo_root, env=env, stdout=None if self.verbose else log,
                     stderr=subprocess.STDOUT if not self.verbose else None) as proc:
-                self._procs.add(proc)
                 try:
                     while True:
                         try:
@@ -738,6 +739,23 @@ class BenchmarkRunner:
             tail = "".join(log_path.read_text(errors="replace").splitlines(keepends=True)[-25:])
             raise CellFailed(f"{cell.name} failed (exit {proc.returncode}); log {log_path}:\n{tail}")
         return previous["wall_s"] + wall
+
+    def _start_process(self, cmd: list[str], **kwargs) -> subprocess.Popen:
+        """Start a bundle process and register it for ``_stop_processes``, unless the runner is stopping: a cell
+        thread that gets here after Ctrl-C must not start a process nobody would kill."""
+        with self._procs_lock:
+            if self._stopping:
+                raise CellFailed("the runner is stopping: not started")
+            proc = subprocess.Popen(cmd, **kwargs)
+            self._procs.add(proc)
+            return proc
+
+    def _stop_processes(self) -> None:
+        with self._procs_lock:
+            self._stopping = True
+            procs = list(self._procs)
+        for proc in procs:
+            proc.kill()
 
     def run_pretrain(self, cell: Cell) -> dict:
         wall = self._launch(cell)
@@ -872,6 +890,7 @@ class BenchmarkRunner:
             self.log(f"[benchmark] {cell.name} re-scored in {_fmt_s(done[cell.name]['eval_wall_s'])}, "
                      f"test Dice {done[cell.name]['dice']:.4f}")
         pending, running, started = list(todo), {}, {}
+        self._stopping = False
         with ThreadPoolExecutor(max_workers=self.jobs) as pool:
             try:
                 while pending or running:
@@ -912,8 +931,7 @@ class BenchmarkRunner:
                     if finished:
                         invocation.write()
             except BaseException:  # Ctrl-C / SIGTERM reach this (main) thread: stop the cells, keep what finished
-                for proc in list(self._procs):
-                    proc.kill()
+                self._stop_processes()
                 raise
 
     def _run_cell(self, cell: Cell, done: dict) -> dict:
