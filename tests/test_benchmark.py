@@ -261,6 +261,21 @@ def test_results_from_another_bundle_version_are_refused(tmp_path):
     assert nested == bundle_fingerprint(config, "segment", {"train": {**config["train"], "batch_size": 3}})
 
 
+def _run_until_interrupted(runner, cells, watch, finished):
+    """Run ``cells`` while ``watch`` (a thread) interrupts the main thread; expects the KeyboardInterrupt, then
+    sets ``finished`` (a threading.Event the watcher waits on) and joins the watcher."""
+    import threading
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            runner.run(cells)
+    finally:
+        finished.set()
+        watcher.join()
+
+
 @pytest.fixture
 def sigint_raises():
     """SIGINT raises KeyboardInterrupt in the main thread, as in a terminal: a process started in the background
@@ -296,14 +311,7 @@ def test_stopping_the_runner_kills_its_cells(tmp_path, monkeypatch, sigint_raise
             interrupted_at.append(time.time())
             _thread.interrupt_main()
 
-    watcher = threading.Thread(target=interrupt_once_the_cell_runs, daemon=True)
-    watcher.start()
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            runner.run(plan_cells(profile)[:1])
-    finally:
-        stop.set()
-        watcher.join()
+    _run_until_interrupted(runner, plan_cells(profile)[:1], interrupt_once_the_cell_runs, stop)
     assert pid_file.is_file() and time.time() - interrupted_at[0] < 20
     with pytest.raises(ProcessLookupError):
         os.kill(int(pid_file.read_text()), 0)  # killed and reaped, not left running
@@ -338,15 +346,8 @@ def test_a_cell_starting_while_the_runner_stops_never_starts_its_process(tmp_pat
                 time.sleep(0.02)
         release.set()
 
-    watcher = threading.Thread(target=interrupt_while_preparing, daemon=True)
-    watcher.start()
     start = time.time()
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            runner.run(plan_cells(profile)[:1])
-    finally:
-        release.set()
-        watcher.join()
+    _run_until_interrupted(runner, plan_cells(profile)[:1], interrupt_while_preparing, release)
     time.sleep(1.0)  # a process started anyway would have written its pid by now
     assert time.time() - start < 30 and not pid_file.exists()
 
